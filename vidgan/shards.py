@@ -1,0 +1,155 @@
+"""The Parquet clip-shard format: schema, encoding of clips to rows and back, and plain reading.
+
+A shard directory holds ``shard-*.parquet`` files and a ``manifest.json``. One row is one clip:
+
+=============  ==========  ==========================================================
+column         type        meaning
+=============  ==========  ==========================================================
+clip           binary      raw uint8 bytes of the clip, layout T x H x W x 3 (RGB)
+frames         int32       T
+height         int32       H
+width          int32       W
+source         string      source path relative to the source root (or a URI)
+start_frame    int32       index of the clip's first frame in the (resampled) source
+fps            float32     frame rate of the clip
+label          string      class label (parent folder name) or null
+=============  ==========  ==========================================================
+
+Directories may be local paths or any URI pyarrow's filesystems understand (``s3://``, ``gs://``,
+``file://``). Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_GLOB = "shard-*.parquet"
+
+CLIP_SCHEMA = pa.schema(
+    [
+        pa.field("clip", pa.binary(), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("start_frame", pa.int32(), nullable=False),
+        pa.field("fps", pa.float32(), nullable=False),
+        pa.field("label", pa.string(), nullable=True),
+    ]
+)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return (filesystem, path) for a local path or a pyarrow filesystem URI."""
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, name: str) -> str:
+    """Join a directory (local path or URI) and a file name."""
+    return base.rstrip("/") + "/" + name
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    """Load ``manifest.json`` of a shard directory; a clear error when it is missing."""
+    fs, path = resolve(uri)
+    mpath = join(path, MANIFEST_NAME)
+    info = fs.get_file_info(mpath)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in shard directory {uri!r}: run `vidgan ingest` first")
+    with fs.open_input_stream(mpath) as f:
+        return json.loads(f.read().decode())
+
+
+def shard_files(uri: str) -> list[str]:
+    """Full paths (for the resolved filesystem) of the shards listed in the manifest, in order."""
+    manifest = read_manifest(uri)
+    _, path = resolve(uri)
+    files = [join(path, s["file"]) for s in manifest["shards"]]
+    if not files:
+        raise FileNotFoundError(f"shard directory {uri!r} holds no shards (manifest lists none)")
+    return files
+
+
+def shard_uris(uri: str) -> list[str]:
+    """Shard locations as the caller spelled the directory (path or URI), for Ray Data."""
+    manifest = read_manifest(uri)
+    return [join(uri, s["file"]) for s in manifest["shards"]]
+
+
+def clips_to_table(
+    clips: list[np.ndarray],
+    sources: list[str],
+    start_frames: list[int],
+    fps: list[float],
+    labels: list[str | None],
+) -> pa.Table:
+    """Encode uint8 clips [T, H, W, 3] and their metadata as a table of CLIP_SCHEMA."""
+    for c in clips:
+        if c.dtype != np.uint8 or c.ndim != 4 or c.shape[-1] != 3:
+            raise ValueError(f"clips must be uint8 [T, H, W, 3], got {c.dtype} {c.shape}")
+    return pa.table(
+        {
+            "clip": pa.array([np.ascontiguousarray(c).tobytes() for c in clips], pa.binary()),
+            "frames": pa.array([c.shape[0] for c in clips], pa.int32()),
+            "height": pa.array([c.shape[1] for c in clips], pa.int32()),
+            "width": pa.array([c.shape[2] for c in clips], pa.int32()),
+            "source": pa.array(sources, pa.string()),
+            "start_frame": pa.array(start_frames, pa.int32()),
+            "fps": pa.array(fps, pa.float32()),
+            "label": pa.array(labels, pa.string()),
+        },
+        schema=CLIP_SCHEMA,
+    )
+
+
+def table_to_clips(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """Decode the ``clip`` column of a table or batch into one uint8 array [N, T, H, W, 3].
+
+    All rows must share one shape (a shard directory is written with one --frames/--size).
+    Zero-copy over the Arrow buffer where the column is a single chunk.
+    """
+    n = table.num_rows
+    t = int(table.column("frames")[0].as_py())
+    h = int(table.column("height")[0].as_py())
+    w = int(table.column("width")[0].as_py())
+    col = table.column("clip")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    clip_len = t * h * w * 3
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=n + 1, offset=col.offset * 4)
+    if not np.all(np.diff(offsets) == clip_len):
+        raise ValueError("clips of different shapes in one batch: a shard directory must hold one shape")
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8, count=n * clip_len, offset=int(offsets[0]))
+    return data.reshape(n, t, h, w, 3)
+
+
+def iter_clips(uri: str, limit: int | None = None, batch_rows: int = 64) -> Iterator[np.ndarray]:
+    """Yield uint8 arrays [N, T, H, W, 3] from a shard directory in manifest order, without Ray.
+
+    Stops after ``limit`` clips in total when given. Deterministic: the same directory gives the same clips.
+    """
+    fs, _ = resolve(uri)
+    seen = 0
+    for f in shard_files(uri):
+        pf = pq.ParquetFile(f, filesystem=fs)
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            clips = table_to_clips(batch)
+            if limit is not None and seen + len(clips) >= limit:
+                yield clips[: limit - seen]
+                return
+            seen += len(clips)
+            yield clips
