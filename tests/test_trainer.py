@@ -1,0 +1,124 @@
+"""The trainer: every preset trains, iterations are counted, checkpoints resume exactly, divergence stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidgan.config import ModelConfig, TrainConfig
+from vidgan.synthetic import synthetic_batches
+from vidgan.trainer import Trainer, TrainingDiverged, load_generator, read_checkpoint, to_model_range
+from vidgan.variants import PRESETS, get_variant
+
+TINY = ModelConfig(frames=16, size=32, width=4, z_dim=8)
+TRAIN = TrainConfig(batch_size=3, n_critic=2, seed=7)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_trains_with_finite_losses(name: str) -> None:
+    trainer = Trainer(TINY, get_variant(name), TRAIN)
+    metrics = trainer.fit(synthetic_batches(TINY, TRAIN.batch_size), 2)
+    last = metrics[-1]
+    for key in ("critic_loss", "wasserstein", "penalty", "drift", "generator_loss", "grad_norm"):
+        assert torch.isfinite(torch.tensor(last[key])), key
+    assert (last["iteration"], last["critic_updates"], last["generator_updates"]) == (2, 4, 2)
+    assert last["paper_steps"] == 6
+    assert last["iter_time_s"] > 0 and last["data_wait_s"] >= 0
+    if PRESETS[name].penalty == "none":
+        assert last["penalty"] == 0.0
+    else:
+        # one-sided is zero while every gradient norm is below 1, as at initialisation
+        assert last["grad_norm"] > 0.0
+        assert last["penalty"] > 0.0 or PRESETS[name].penalty == "one_sided"
+
+
+def test_training_changes_both_networks() -> None:
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN)
+    g0 = [p.detach().clone() for p in trainer.generator.parameters()]
+    d0 = [p.detach().clone() for p in trainer.critic.parameters()]
+    trainer.fit(synthetic_batches(TINY, TRAIN.batch_size), 1)
+    assert any(not torch.equal(a, b) for a, b in zip(g0, trainer.generator.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, trainer.critic.parameters(), strict=True))
+
+
+def test_no_generator_graph_in_critic_updates_and_no_critic_grads_in_generator_update() -> None:
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN)
+    batch = to_model_range(next(synthetic_batches(TINY, 3)), trainer.device)
+    trainer._critic_update(batch)
+    assert all(p.grad is None for p in trainer.generator.parameters())
+    trainer.opt_d.zero_grad(set_to_none=True)
+    trainer._generator_update(3)
+    assert all(p.grad is None for p in trainer.critic.parameters())
+    assert all(p.requires_grad for p in trainer.critic.parameters())  # restored afterwards
+    assert any(p.grad is not None for p in trainer.generator.parameters())
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {**{f"g.{k}": v for k, v in trainer.generator.state_dict().items()},
+            **{f"d.{k}": v for k, v in trainer.critic.state_dict().items()}}
+
+
+@pytest.mark.parametrize("name", ["gp", "sn_gp"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, name: str) -> None:
+    straight = Trainer(TINY, get_variant(name), TRAIN)
+    straight.fit(synthetic_batches(TINY, TRAIN.batch_size, seed=3), 4)
+
+    first = Trainer(TINY, get_variant(name), TRAIN)
+    first.fit(synthetic_batches(TINY, TRAIN.batch_size, seed=3), 2)
+    path = first.save(tmp_path / "ckpt" / "state.pt")
+    assert [p.name for p in path.parent.iterdir()] == ["state.pt"]  # no temp file left behind
+    del first
+    torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
+
+    resumed = Trainer.load(path)
+    assert resumed.iteration == 2 and resumed.critic_updates == 4
+    resumed.fit(synthetic_batches(TINY, TRAIN.batch_size, seed=3, start=resumed.critic_updates), 2)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.generator_updates == straight.generator_updates == 4
+
+
+def test_checkpoint_holds_config_and_loads_weights_only(tmp_path) -> None:
+    trainer = Trainer(TINY, get_variant("drift"), TRAIN)
+    trainer.fit(synthetic_batches(TINY, 3), 1)
+    path = trainer.save(tmp_path / "c.pt")
+    state = read_checkpoint(path)  # torch.load(weights_only=True)
+    assert state["config"]["variant"]["drift_weight"] == 1e-4
+    assert state["config"]["model"] == TINY.model_dump()
+    gen, cfg = load_generator(path)
+    assert cfg == TINY
+    assert gen(torch.randn(2, TINY.z_dim)).shape == (2, 3, 16, 32, 32)
+
+
+def test_non_finite_loss_raises_training_diverged() -> None:
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN)
+    good = synthetic_batches(TINY, 3)
+    trainer.fit(good, 1)
+
+    def poisoned():
+        while True:
+            yield torch.full((3, 3, 16, 32, 32), float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="iteration 2") as info:
+        trainer.train_iteration(poisoned())
+    assert info.value.iteration == 2
+    assert "critic_loss" in str(info.value)
+
+
+def test_uint8_batches_are_mapped_to_model_range() -> None:
+    batch = torch.tensor([0, 255, 128], dtype=torch.uint8)
+    out = to_model_range(batch, torch.device("cpu"))
+    assert out.dtype == torch.float32
+    assert out.tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
+
+
+def test_bad_train_config_is_refused() -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(betas=(0.5, 1.0))
+    with pytest.raises(ValueError):
+        TrainConfig(n_critic=0)
+    with pytest.raises(ValueError):
+        ModelConfig(frames=8)

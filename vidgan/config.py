@@ -1,0 +1,48 @@
+"""Configuration as data: the model shape and the optimisation schedule, validated up front.
+
+Loss variants live in :mod:`vidgan.variants`. Every config is a frozen pydantic model that refuses
+unknown keys, so a typo in a sweep spec is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Config):
+    """Shape of the iVGAN generator and critic.
+
+    The paper's setting is the default: 64x64 pixels, 32 frames, critic widths 64 -> 512 (the generator
+    mirrors them, 512 -> 64), z of dimension 100. ``width`` is the base width: the critic's first conv has
+    ``width`` channels and every later one doubles it.
+    """
+
+    frames: Literal[16, 32] = 32
+    size: Literal[32, 64, 128] = 64
+    width: int = Field(64, ge=1, le=1024)
+    z_dim: int = Field(100, ge=1, le=4096)
+
+
+class TrainConfig(_Config):
+    """Optimisation schedule. One *iteration* is ``n_critic`` critic updates then one generator update."""
+
+    batch_size: int = Field(64, ge=1)
+    n_critic: int = Field(5, ge=1, le=100)
+    lr: float = Field(1e-4, gt=0, le=1.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast for the networks on CUDA; penalties stay in fp32
+    device: str | None = None  # None: CUDA when present, else CPU
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> TrainConfig:
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Adam betas must lie in [0, 1), got {self.betas}")
+        return self

@@ -1,0 +1,155 @@
+"""iVGAN (Kratzwald et al. 2017): a 3D-convolutional generator and critic for 64x64x32 video.
+
+Faithful to the original TensorFlow iVGAN, not to the PyTorch port the paper used (see
+``shared/notes/seed-code.md``):
+
+- z ~ N(0, I) of dimension ``z_dim`` (the port drew U[0, 1)).
+- Conv and deconv weights uniform with bound ``sqrt(3) * sqrt(4 / (fan_in + fan_out))``,
+  ``fan_in = c_in * k^3``, ``fan_out = c_out * k^3 / 8`` (He et al. for stride 2; the port lost the
+  square root), zero biases; linear layers N(0, 0.01^2).
+- Generator batch norm as TF-contrib's default: a learned shift (beta) but no scale (gamma), eps 1e-3,
+  and, as the original always ran it in training mode, batch statistics both when training and when
+  sampling (no running statistics that a short run would leave unconverged).
+- Critic: layer norm over each sample's C x T x H x W with one scale and shift per channel (TF's
+  ``layer_norm``), so it works at any input size; LeakyReLU(0.2); last conv to one channel followed by
+  LeakyReLU, flattened, and a Linear(., 1) head with no output activation.
+- Convs use TF "SAME" padding (equal to padding 1 for even sizes; asymmetric for a size of 1, which
+  16-frame clips reach in the critic's last conv).
+
+``frames``, ``size``, ``width`` and ``z_dim`` are configurable (:class:`vidgan.config.ModelConfig`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from vidgan.config import ModelConfig
+
+KERNEL = 4
+STRIDE = 2
+
+
+def _ivgan_uniform_(weight: torch.Tensor, c_in: int, c_out: int) -> None:
+    k3 = KERNEL**3
+    fan_in = c_in * k3
+    fan_out = c_out * k3 / STRIDE**3
+    bound = math.sqrt(3.0) * math.sqrt(4.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    nn.init.normal_(layer.weight, std=0.01)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class BatchNormShift(nn.Module):
+    """TF-contrib batch norm defaults: normalise with batch statistics, add a learned per-channel shift."""
+
+    def __init__(self, channels: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(x, None, None, training=True, eps=self.eps)
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] -> video [B, 3, T, H, W] in [-1, 1]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.z_dim = cfg.z_dim
+        w = cfg.width
+        self.top = 8 * w
+        self.t0, self.s0 = cfg.frames // 16, cfg.size // 16
+        self.fc = _linear(cfg.z_dim, self.top * self.t0 * self.s0 * self.s0)
+        self.bn0 = BatchNormShift(self.top)
+        chans = [8 * w, 4 * w, 2 * w, w, 3]
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+            deconv = nn.ConvTranspose3d(c_in, c_out, KERNEL, STRIDE, padding=1)
+            _ivgan_uniform_(deconv.weight, c_in, c_out)
+            nn.init.zeros_(deconv.bias)
+            layers.append(deconv)
+            if i < len(chans) - 2:
+                layers += [BatchNormShift(c_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(-1, self.top, self.t0, self.s0, self.s0)
+        return self.net(F.relu(self.bn0(x)))
+
+    def sample_z(self, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I) for ``n`` clips."""
+        return torch.randn(n, self.z_dim, device=device, generator=generator)
+
+
+def _same_pad(size: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after) for kernel 4, stride 2 along one dimension of ``size``."""
+    out = -(-size // STRIDE)
+    total = max((out - 1) * STRIDE + KERNEL - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv3d(nn.Conv3d):
+    """Conv3d k4 s2 with TensorFlow's "SAME" padding computed from the input size."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, KERNEL, STRIDE, padding=0)
+        _ivgan_uniform_(self.weight, c_in, c_out)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size in reversed(x.shape[2:]):
+            pads += _same_pad(int(size))
+        if pads == [1] * 6:
+            return F.conv3d(x, self.weight, self.bias, self.stride, padding=1)
+        return super().forward(F.pad(x, pads))
+
+
+def critic_head_inputs(cfg: ModelConfig) -> int:
+    """Number of values the critic's last conv produces per sample (4 for 32 x 64 x 64)."""
+    t, s = cfg.frames, cfg.size
+    for _ in range(5):
+        t, s = -(-t // STRIDE), -(-s // STRIDE)
+    return t * s * s
+
+
+class Critic(nn.Module):
+    """video [B, 3, T, H, W] -> score [B] (unbounded: a Wasserstein critic)."""
+
+    def __init__(self, cfg: ModelConfig, *, spectral_norm: bool = False, layer_norm: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        chans = [3, w, 2 * w, 4 * w, 8 * w]
+        wrap = _spectral if spectral_norm else (lambda m: m)
+        blocks: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
+            blocks.append(wrap(SameConv3d(c_in, c_out)))
+            if layer_norm:
+                blocks.append(nn.GroupNorm(1, c_out, eps=1e-5))
+            blocks.append(nn.LeakyReLU(0.2))
+        blocks += [wrap(SameConv3d(8 * w, 1)), nn.LeakyReLU(0.2), nn.Flatten()]
+        self.features = nn.Sequential(*blocks)
+        self.head = wrap(_linear(critic_head_inputs(cfg), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+
+def _spectral(module: nn.Module) -> nn.Module:
+    return spectral_norm(module)

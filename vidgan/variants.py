@@ -1,0 +1,72 @@
+"""WGAN loss variants as small configs of orthogonal switches, and the paper's named presets.
+
+A variant says how the critic is kept (roughly) 1-Lipschitz: spectral normalisation of every critic
+layer, a gradient penalty, or both, plus an optional drift term. The presets reproduce the variants
+compared in the paper (Pegg & Gorski), with ``r1`` added.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Penalty = Literal["none", "gp", "one_sided", "zero_centered", "r1"]
+
+
+class Variant(BaseModel):
+    """One loss variant.
+
+    penalty:
+      - ``gp``: lambda * E[(|g| - 1)^2] at interpolates (WGAN-GP, Gulrajani et al.)
+      - ``one_sided``: lambda * E[max(0, |g| - 1)^2] at interpolates (WGAN-LP, Petzka et al.)
+      - ``zero_centered``: lambda * E[|g|^2] at interpolates (0-GP, Thanh-Tung et al.)
+      - ``r1``: lambda * E[|g|^2] at real samples only (Mescheder et al.; weight lambda, not gamma/2)
+    where |g| is the per-sample L2 norm of dD/dx over all C*T*H*W elements.
+    drift_weight: epsilon * E[D(x_real)^2] (Karras et al.), 0 to disable.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "custom"
+    spectral_norm: bool = False
+    penalty: Penalty = "gp"
+    penalty_weight: float = Field(10.0, ge=0.0)
+    drift_weight: float = Field(0.0, ge=0.0)
+    layer_norm: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Variant:
+        if self.penalty == "none" and not self.spectral_norm:
+            raise ValueError(
+                f"variant {self.name!r}: no penalty and no spectral norm leaves the critic unconstrained; "
+                "use a penalty or spectral_norm=true"
+            )
+        if self.penalty != "none" and self.penalty_weight == 0.0:
+            raise ValueError(f"variant {self.name!r}: penalty {self.penalty!r} with penalty_weight 0")
+        return self
+
+
+PRESETS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(name="gp", penalty="gp"),
+        Variant(name="sn_gp", spectral_norm=True, penalty="gp", layer_norm=False),
+        Variant(name="sn", spectral_norm=True, penalty="none"),
+        Variant(name="zero_gp", penalty="zero_centered"),
+        Variant(name="one_sided", penalty="one_sided"),
+        Variant(name="drift", penalty="gp", drift_weight=1e-4),
+        Variant(name="r1", penalty="r1"),
+    )
+}
+
+PAPER_VARIANTS = ("gp", "sn_gp", "sn", "zero_gp", "one_sided", "drift")
+
+
+def get_variant(name: str, **overrides: object) -> Variant:
+    """A preset by name, optionally with some switches overridden (validated again)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(PRESETS)}")
+    if not overrides:
+        return PRESETS[name]
+    return Variant.model_validate({**PRESETS[name].model_dump(), **overrides})
