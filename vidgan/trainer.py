@@ -40,6 +40,9 @@ class TrainingDiverged(RuntimeError):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         super().__init__(f"training diverged at iteration {iteration}: non-finite {bad}")
 
+    def __reduce__(self) -> tuple:  # picklable across Ray processes
+        return (type(self), (self.iteration, self.losses))
+
 
 def pick_device(requested: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU."""

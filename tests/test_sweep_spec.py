@@ -1,0 +1,141 @@
+"""Sweep specs are validated before anything starts; every shipped spec parses."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tune_jobs.spec import SpecError, load_spec, parse_spec
+from tune_jobs.sweep import define_by_run, run_sweep
+from tune_jobs.tracking import TrackingUnavailable, resolve_tracking_uri
+
+SPECS = Path(__file__).resolve().parents[1] / "tune_jobs"
+
+BASE = {
+    "name": "t",
+    "datasets": [{"name": "d", "path": "data/none"}],
+    "model": {"frames": 16, "size": 32, "width": 4, "z_dim": 8},
+    "train": {"batch_size": 2},
+    "variants": ["gp", "sn"],
+    "eval": {"every": 2, "n_real": 4, "n_fake": 4, "frames": 16},
+    "scheduler": {"max_t": 8, "grace_period": 2},
+    "resources": {"cpu": 1},
+}
+
+
+def _with(path: str, value: object) -> dict:
+    spec = copy.deepcopy(BASE)
+    *keys, last = path.split(".")
+    node = spec
+    for k in keys:
+        node = node[k]
+    node[last] = value
+    return spec
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "search.yaml"])
+def test_shipped_specs_are_valid(name: str) -> None:
+    spec = load_spec(SPECS / name)
+    assert spec.variants
+
+
+def test_paper_spec_is_the_paper_experiment() -> None:
+    spec = load_spec(SPECS / "paper.yaml")
+    assert sorted(spec.variants) == sorted(["gp", "sn_gp", "sn", "zero_gp", "one_sided", "drift"])
+    assert {d.name for d in spec.datasets} == {"golf", "beach"}
+    assert (spec.model.frames, spec.model.size, spec.train.batch_size) == (32, 64, 64)
+    assert 0 < spec.resources.gpu <= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("variants", ["gp", "wgan_clip"], "unknown variant"),
+        ("bogus_key", 1, "bogus_key"),
+        ("eval.frames", 8, "eval.frames"),
+        ("eval.every", 4, "grace_period"),
+        ("scheduler.grace_period", 20, "grace_period"),
+        ("resources.gpu", 1.5, "gpu"),
+        ("train.lr", -1.0, "train.lr"),
+        ("model.frames", 24, "model.frames"),
+        ("search", {"num_samples": 2, "space": {"lr": {"low": 1e-3, "high": 1e-4}}}, "bad range"),
+        ("search", {"num_samples": 2, "space": {"momentum": {"low": 0.1, "high": 0.2}}}, "momentum"),
+        ("search", {"num_samples": 2, "space": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range"),
+        ("overrides", {"r1": {"penalty_weight": 1.0}}, "does not run"),
+        ("overrides", {"gp": {"penalty": "zero_centered"}}, "overrides"),
+    ],
+)
+def test_bad_specs_are_refused_with_the_key_named(path: str, value: object, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(_with(path, value))
+
+
+def test_missing_dataset_is_refused_before_anything_runs(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(SpecError, match="no shard directory"):
+        run_sweep(spec_file)
+    assert not (tmp_path / "results").exists()  # no Tune experiment was created
+
+
+def test_unreachable_mlflow_is_refused_quickly(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(_with("mlflow", {"tracking_uri": "http://127.0.0.1:9"}))
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        run_sweep(spec)
+    assert time.monotonic() - start < 60  # fails fast: no minutes of retries
+
+
+def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+class _FakeOptunaTrial:
+    """Stands in for optuna's Trial in the define-by-run function (records the names it is asked for)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.asked: list[str] = []
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        self.asked.append(name)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        self.asked.append(name)
+        return low
+
+    def suggest_categorical(self, name: str, choices: list) -> object:
+        self.asked.append(name)
+        return choices[0]
+
+
+def test_define_by_run_space_is_conditional_and_fair() -> None:
+    space = {
+        "lr": {"low": 1e-5, "high": 1e-3, "log": True, "choices": None},
+        "penalty_weight": {"low": 1.0, "high": 100.0, "log": True, "choices": None},
+        "drift_weight": {"low": 1e-5, "high": 1e-2, "log": True, "choices": None},
+        "n_critic": {"low": 1, "high": 5, "log": False, "choices": None},
+    }
+    variants = ["sn", "gp", "drift"]
+    penalties = {"sn": False, "gp": True, "drift": True}
+    drifts = {"sn": False, "gp": False, "drift": True}
+    picked = []
+    for number in range(6):
+        trial = _FakeOptunaTrial(number)
+        config = define_by_run(trial, variants, space, penalties, drifts)
+        picked.append(config["variant"])
+        v = config["variant"]
+        assert ("penalty_weight" in config) == penalties[v]
+        assert ("drift_weight" in config) == drifts[v]
+        assert all(name.startswith(v + ".") for name in trial.asked)
+        assert isinstance(config["n_critic"], int)
+    assert picked == variants * 2  # equal budget: variants take turns

@@ -1,0 +1,240 @@
+"""Sweep specs: YAML files validated into a :class:`SweepSpec` before anything starts.
+
+Structural checks (unknown keys, unknown variants, bad ranges, frames < 9, ...) happen when the file is
+loaded; :func:`check_runnable` then checks what needs the outside world (datasets present and shaped
+like the model, enough clips for the real statistics, MLflow reachable). Either raises
+:class:`SpecError` naming the problem, and no trial is launched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vidgan.config import ModelConfig, TrainConfig
+from vidgan.variants import PRESETS, Variant, get_variant
+
+SEARCHABLE = ("lr", "beta1", "beta2", "penalty_weight", "n_critic", "drift_weight")
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot run; the message says which key and why."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Spec):
+    """A shard directory made by ``vidgan ingest`` (local path, relative to the spec's folder, or a URI)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str
+    sample: bool = False  # build it from the built-in sample videos when missing (the demo)
+    sample_stride: int = Field(4, ge=1)  # frames between clip starts when building the sample
+
+
+class EvalSpec(_Spec):
+    """FVD/KVD evaluation. FVD is only comparable between runs at equal ``n_fake`` and ``n_real``."""
+
+    every: int = Field(ge=1)  # iterations between evaluations (and checkpoints)
+    n_real: int = Field(ge=2)
+    n_fake: int = Field(ge=2)
+    frames: int = Field(16, ge=9)  # I3D needs at least 9 frames
+    metric: Literal["fvd", "kvd"] = "fvd"
+    batch_size: int = Field(8, ge=1)
+    grid: int = Field(8, ge=0, le=64)  # clips in the sample video logged at each evaluation
+
+
+class SchedulerSpec(_Spec):
+    type: Literal["asha", "fifo"] = "asha"
+    max_t: int = Field(ge=1)  # generator iterations a trial may run
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerSpec:
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period {self.grace_period} exceeds max_t {self.max_t}")
+        return self
+
+
+class ResourcesSpec(_Spec):
+    """Per-trial reservation. ``gpu`` may be a fraction (several trials share a GPU) or a whole number."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+    data_cpu: float = Field(0.5, ge=0)  # reserved for the trial's Ray Data read tasks (see vidgan.data)
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourcesSpec:
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu {self.gpu}: a fraction must be below 1, above 1 a whole number")
+        return self
+
+
+class RangeSpec(_Spec):
+    """A float/int range (``low``, ``high``, optional ``log``) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RangeSpec:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either non-empty choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or choices)")
+        if self.low >= self.high:
+            raise ValueError(f"bad range: low {self.low} >= high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class SearchSpec(_Spec):
+    """Optuna TPE over per-variant hyperparameters (define-by-run: a parameter exists only where it applies)."""
+
+    algorithm: Literal["optuna"] = "optuna"
+    num_samples: int = Field(ge=1)  # trials in total, shared round-robin between the variants
+    seed: int = 0
+    space: dict[str, RangeSpec]
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpec:
+        unknown = sorted(set(self.space) - set(SEARCHABLE))
+        if unknown:
+            raise ValueError(f"unknown search parameter(s) {unknown}; searchable: {list(SEARCHABLE)}")
+        bounds = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0), "lr": (0.0, 1.0)}
+        for key, (lo, hi) in bounds.items():
+            r = self.space.get(key)
+            values = r.choices if r and r.choices else ([r.low, r.high] if r else [])
+            if any(not lo <= v < hi for v in values):
+                raise ValueError(f"search range of {key} must lie in [{lo}, {hi})")
+        nc = self.space.get("n_critic")
+        if nc and any(v < 1 or v != int(v) for v in (nc.choices or [nc.low, nc.high])):
+            raise ValueError("n_critic values must be whole numbers >= 1")
+        return self
+
+
+class MlflowSpec(_Spec):
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    experiment: str = "vidgan"
+
+
+class SweepSpec(_Spec):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    variants: list[str] = Field(min_length=1)
+    # per-variant switches on top of the presets, e.g. {gp: {penalty_weight: 5}}; validated as Variants
+    overrides: dict[str, dict[str, float | bool]] = {}
+    seeds: list[int] = [0]
+    eval: EvalSpec
+    scheduler: SchedulerSpec
+    resources: ResourcesSpec = ResourcesSpec()
+    search: SearchSpec | None = None
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0)  # restarts of a crashed trial from its last checkpoint
+    mlflow: MlflowSpec = MlflowSpec()
+    # Tune results/checkpoints: s3://... on a multi-node cluster; default $VIDGAN_STORAGE_PATH, else ./results
+    storage_path: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        unknown = [v for v in self.variants if v not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(PRESETS)}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError("variants are listed twice")
+        stray = sorted(set(self.overrides) - set(self.variants))
+        if stray:
+            raise ValueError(f"overrides name variant(s) {stray} that the sweep does not run")
+        for name in self.overrides:
+            self.variant(name)  # each overridden variant must itself be valid
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if self.eval.frames > self.model.frames:
+            raise ValueError(f"eval.frames {self.eval.frames} exceeds the model's {self.model.frames} frames")
+        if self.eval.every > self.scheduler.grace_period:
+            raise ValueError(
+                f"eval.every {self.eval.every} exceeds scheduler.grace_period {self.scheduler.grace_period}: "
+                "ASHA could not judge a trial at its first rung"
+            )
+        if self.resources.gpu == 0 and self.train.bf16:
+            raise ValueError("train.bf16 needs GPU trials (resources.gpu > 0)")
+        return self
+
+    def variant(self, name: str, params: dict[str, Any] | None = None) -> Variant:
+        """The preset with searched penalty/drift weights applied where the variant has them."""
+        params = params or {}
+        overrides: dict[str, Any] = dict(self.overrides.get(name, {}))
+        preset = PRESETS[name]
+        if "penalty_weight" in params and preset.penalty != "none":
+            overrides["penalty_weight"] = float(params["penalty_weight"])
+        if "drift_weight" in params and preset.drift_weight > 0:
+            overrides["drift_weight"] = float(params["drift_weight"])
+        return get_variant(name, **overrides)
+
+    def train_config(self, params: dict[str, Any] | None = None, seed: int = 0) -> TrainConfig:
+        params = params or {}
+        data = self.train.model_dump()
+        data["seed"] = seed
+        if "lr" in params:
+            data["lr"] = float(params["lr"])
+        if "beta1" in params or "beta2" in params:
+            data["betas"] = (float(params.get("beta1", data["betas"][0])), float(params.get("beta2", data["betas"][1])))
+        if "n_critic" in params:
+            data["n_critic"] = int(params["n_critic"])
+        return TrainConfig.model_validate(data)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return next(d for d in self.datasets if d.name == name)
+
+
+def _resolve_path(path: str, base: Path) -> str:
+    path = os.path.expandvars(path)
+    if "://" in path:
+        return path
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load_spec(path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> SweepSpec:
+    """Read and validate a YAML spec. Relative dataset paths resolve against ``base_dir`` (default: cwd)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"sweep spec {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a sweep spec is a mapping of keys, got {type(raw).__name__}")
+    return parse_spec(raw, source=str(path), base_dir=base_dir)
+
+
+def parse_spec(raw: dict[str, Any], *, source: str = "<spec>", base_dir: str | os.PathLike | None = None) -> SweepSpec:
+    """Validate a spec given as a dict; errors name the offending key."""
+    base = Path(base_dir or os.getcwd())
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SpecError(f"{source}: invalid sweep spec: {problems}") from None
+    datasets = [d.model_copy(update={"path": _resolve_path(d.path, base)}) for d in spec.datasets]
+    storage = spec.storage_path or os.environ.get("VIDGAN_STORAGE_PATH")
+    storage = storage and _resolve_path(storage, base)
+    return spec.model_copy(update={"datasets": datasets, "storage_path": storage})

@@ -1,0 +1,368 @@
+"""Run a sweep: validate, prepare data and real statistics, run Ray Tune, report.
+
+``run_sweep`` is what ``vidgan sweep SPEC`` (and a Ray job's entrypoint) calls::
+
+    spec -> checks (datasets, MLflow) -> ray.init -> real statistics (once, as a Ray task)
+         -> MLflow parent run -> Tuner(ASHA [+ OptunaSearch]) -> comparison table -> MLflow
+
+Nothing is launched until every check has passed. An interrupted sweep resumes with ``--resume``
+(``Tuner.restore``); its MLflow parent run id is kept in the experiment folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tune_jobs import report, tracking
+from tune_jobs.spec import SpecError, SweepSpec, load_spec
+from tune_jobs.trainable import SweepContext, train_trial, trial_params
+from vidgan import shards
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "vidgan_sweep.json"
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    path: str
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[report.TrialRow]
+    table: str
+    iterations_saved: float
+
+
+# ------------------------------------------------------------------------------------------ checks
+def prepare_datasets(spec: SweepSpec) -> None:
+    """Make the sample dataset where asked, then check every dataset fits the model and the evaluation."""
+    for ds in spec.datasets:
+        try:
+            manifest = shards.read_manifest(ds.path)
+        except FileNotFoundError:
+            if not ds.sample:
+                raise SpecError(
+                    f"dataset {ds.name!r}: no shard directory at {ds.path} (run `vidgan ingest ... --out {ds.path}`)"
+                ) from None
+            from vidgan.ingest import ingest_sample
+
+            print(f"[vidgan] ingesting the sample videos into {ds.path} ...", flush=True)
+            ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
+            manifest = shards.read_manifest(ds.path)
+        params = manifest.get("params", {})
+        total = int(manifest.get("totals", {}).get("clips", sum(s["rows"] for s in manifest.get("shards", []))))
+        frames, size = params.get("frames"), params.get("size")
+        if (frames, size) != (spec.model.frames, spec.model.size):
+            raise SpecError(
+                f"dataset {ds.name!r} holds {frames}-frame {size}x{size} clips but the model makes "
+                f"{spec.model.frames}-frame {spec.model.size}x{spec.model.size}; ingest with matching --frames/--size"
+            )
+        if total < spec.eval.n_real:
+            raise SpecError(
+                f"dataset {ds.name!r} holds {total} clips, fewer than eval.n_real={spec.eval.n_real}: "
+                "no real statistics possible"
+            )
+        if total < spec.train.batch_size:
+            raise SpecError(f"dataset {ds.name!r} holds {total} clips, fewer than one batch of {spec.train.batch_size}")
+
+
+def prepare_real_statistics(spec: SweepSpec) -> None:
+    """Compute (or find cached) real I3D features for every dataset once, before any trial starts.
+
+    Runs as a Ray task with the trials' accelerator, so on a cluster it lands on a GPU node.
+    """
+    import ray
+
+    from vidgan.fvd import real_features
+
+    ev = spec.eval
+    gpu = 1 if spec.resources.gpu > 0 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpu)(
+        lambda path: real_features(
+            path, ev.n_real, ev.frames, device="cuda" if gpu else "cpu", batch_size=ev.batch_size
+        ).shape
+    )
+    print(f"[vidgan] real statistics: {ev.n_real} clips x {ev.frames} frames per dataset ...", flush=True)
+    ray.get([task.remote(ds.path) for ds in spec.datasets])
+
+
+# ------------------------------------------------------------------------------------------ tune
+def define_by_run(trial: Any, variants: list[str], space: dict[str, dict[str, Any]], penalties: dict[str, bool],
+                  drifts: dict[str, bool]) -> dict[str, Any]:
+    """Optuna define-by-run space. Variants take turns (equal budget for each); every hyperparameter is
+    named per variant (``gp.lr``) so TPE models each variant separately, and a penalty weight or drift
+    weight exists only for variants that have one."""
+    variant = variants[trial.number % len(variants)]
+    chosen: dict[str, Any] = {"variant": variant}
+    for key, r in space.items():
+        if key == "penalty_weight" and not penalties[variant]:
+            continue
+        if key == "drift_weight" and not drifts[variant]:
+            continue
+        name = f"{variant}.{key}"
+        if r.get("choices") is not None:
+            value = trial.suggest_categorical(name, r["choices"])
+        elif key == "n_critic":
+            value = trial.suggest_int(name, int(r["low"]), int(r["high"]), log=r["log"])
+        else:
+            value = trial.suggest_float(name, r["low"], r["high"], log=r["log"])
+        chosen[key] = int(value) if key == "n_critic" else value
+    return chosen
+
+
+def _tune_setup(spec: SweepSpec) -> tuple[dict[str, Any] | None, Any, int]:
+    """(param_space, search_alg, num_samples)."""
+    from ray import tune
+
+    if spec.search is None:
+        space = {
+            "variant": tune.grid_search(spec.variants),
+            "dataset": tune.grid_search([d.name for d in spec.datasets]),
+            "seed": tune.grid_search(spec.seeds),
+        }
+        return space, None, 1
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from vidgan.variants import PRESETS
+
+    if len(spec.datasets) != 1 or len(spec.seeds) != 1:
+        raise SpecError("a search sweep takes one dataset and one seed")
+    fn = functools.partial(
+        define_by_run,
+        variants=list(spec.variants),
+        space={k: v.model_dump() for k, v in spec.search.space.items()},
+        penalties={v: PRESETS[v].penalty != "none" for v in spec.variants},
+        drifts={v: PRESETS[v].drift_weight > 0 for v in spec.variants},
+    )
+
+    def with_constants(trial: Any) -> dict[str, Any]:
+        return {**fn(trial), "dataset": spec.datasets[0].name, "seed": spec.seeds[0]}
+
+    searcher = OptunaSearch(
+        space=with_constants,
+        metric=spec.eval.metric,
+        mode="min",
+        sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
+    )
+    return None, searcher, spec.search.num_samples
+
+
+def _scheduler(spec: SweepSpec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="iteration", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor
+    )
+
+
+def _storage(spec: SweepSpec) -> str:
+    return spec.storage_path or str(Path("results").resolve())
+
+
+def _write_state(path: str, state: dict[str, Any]) -> None:
+    fs, p = shards.resolve(path)
+    fs.create_dir(p, recursive=True)
+    with fs.open_output_stream(shards.join(p, STATE_FILE)) as f:
+        f.write(json.dumps(state, indent=1).encode())
+
+
+def _read_state(path: str) -> dict[str, Any] | None:
+    fs, p = shards.resolve(path)
+    try:
+        with fs.open_input_stream(shards.join(p, STATE_FILE)) as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _latest_sweep(storage: str, prefix: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    fs, p = shards.resolve(storage)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+    return names[-1] if names else None
+
+
+def run_sweep(
+    spec_or_path: SweepSpec | str | os.PathLike,
+    *,
+    address: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    verbose: int = 1,
+) -> SweepOutcome:
+    """Validate, run (or resume) and report one sweep. Raises SpecError before anything runs if it cannot."""
+    spec = spec_or_path if isinstance(spec_or_path, SweepSpec) else load_spec(spec_or_path)
+    uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
+    tracking.check_tracking(uri)
+    storage = _storage(spec)
+    if resume:
+        name = name or _latest_sweep(storage, spec.name + "-")
+        if not name:
+            raise SpecError(f"--resume: no sweep named {spec.name}-* under {storage}")
+    name = name or f"{spec.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    exp_path = shards.join(storage, name)
+    state = _read_state(exp_path)
+    if resume and state is None:
+        raise SpecError(f"--resume: nothing to resume at {exp_path}")
+    if not resume and state is not None:
+        raise SpecError(f"sweep {name!r} already exists at {exp_path}: use --resume or another --name")
+
+    prepare_datasets(spec)
+
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=verbose > 1)
+    prepare_real_statistics(spec)
+
+    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
+    if state is None:
+        parent = tracking.start_parent_run(uri, experiment_id, name, tags={"vidgan.spec": spec.name})
+        tracker = tracking.Tracker(uri, parent)
+        tracker.log_params({"spec": spec.model_dump(mode="json")})
+        state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
+        _write_state(exp_path, state)
+    parent = state["parent_run_id"]
+    ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
+
+    from vidgan.data import trial_resources
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, ctx=ctx),
+        trial_resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu, data_cpu=spec.resources.data_cpu),
+    )
+    if resume and tune.Tuner.can_restore(exp_path):
+        print(f"[vidgan] resuming sweep {name} from {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        param_space, searcher, num_samples = _tune_setup(spec)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=spec.eval.metric,
+                mode="min",
+                scheduler=_scheduler(spec),
+                search_alg=searcher,
+                num_samples=num_samples,
+                max_concurrent_trials=spec.max_concurrent_trials,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                stop={"iteration": spec.scheduler.max_t},
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=spec.eval.metric, checkpoint_score_order="min"
+                ),
+                verbose=verbose,
+            ),
+        )
+    results = tuner.fit()
+    return finish_sweep(spec, ctx, exp_path, results)
+
+
+# ------------------------------------------------------------------------------------------ report
+def _rows(spec: SweepSpec, ctx: SweepContext, results: Any) -> list[report.TrialRow]:
+    runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    rows = []
+    for result in results:
+        config = result.config or {}
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
+        df = result.metrics_dataframe
+        run = runs.get(trial_id)
+        tags = run.data.tags if run else {}
+        row = report.TrialRow(
+            trial_id=trial_id,
+            variant=config.get("variant", "?"),
+            dataset=config.get("dataset", "?"),
+            seed=int(config.get("seed", 0)),
+            status="failed",
+            params=", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in
+                             trial_params(config).items()),
+        )
+        if df is not None and len(df) and spec.eval.metric in df:
+            df = df.dropna(subset=["fvd"])
+            last = df.iloc[-1]
+            row.best_fvd, row.final_fvd = float(df["fvd"].min()), float(last["fvd"])
+            row.final_kvd, row.kvd_stderr = float(last["kvd"]), float(last["kvd_stderr"])
+            row.iterations = int(last["iteration"])
+            row.critic_updates = int(last["critic_updates"])
+            row.paper_steps = int(last["paper_steps"])
+            row.curve = [(int(i), float(f)) for i, f in zip(df["iteration"], df["fvd"], strict=True)]
+        if tags.get(tracking.TAG_END) == "diverged":
+            row.status, row.reason = "diverged", tags.get(tracking.TAG_REASON, "")
+        elif result.error is not None:
+            row.status, row.reason = "failed", str(result.error).strip().splitlines()[-1][:300]
+        elif row.iterations >= spec.scheduler.max_t:
+            row.status = "completed"
+        else:
+            row.status = "stopped_by_asha"
+        rows.append(row)
+    return rows
+
+
+def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any) -> SweepOutcome:
+    """Mark each trial's MLflow run with how it ended, log the best checkpoints, the table and the figure."""
+    rows = _rows(spec, ctx, results)
+    runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    for row, result in zip(rows, results, strict=True):
+        run = runs.get(row.trial_id)
+        if run is None:
+            continue
+        tracker = tracking.Tracker(ctx.tracking_uri, run.info.run_id)
+        tags = {tracking.TAG_END: row.status}
+        if row.reason:
+            tags[tracking.TAG_REASON] = row.reason
+        tracker.set_tags(tags)
+        best = result.get_best_checkpoint(spec.eval.metric, "min") if row.status != "failed" else None
+        if best is not None:
+            with best.as_directory() as folder:
+                from tune_jobs.trainable import STATE_FILE as CKPT
+
+                tracker.log_artifact(Path(folder) / CKPT, "best_checkpoint")
+        tracker.finish("FAILED" if row.status in ("failed", "diverged") else "FINISHED")
+
+    table = report.markdown(rows)
+    saved = report.iterations_saved(rows, spec.scheduler.max_t)
+    parent = tracking.Tracker(ctx.tracking_uri, ctx.parent_run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "comparison.md").write_text(table + "\n")
+        (folder / "comparison.csv").write_text(report.to_csv(rows))
+        report.plot_curves(rows, folder / "fvd_vs_iterations.png", spec.eval.metric)
+        for f in ("comparison.md", "comparison.csv", "fvd_vs_iterations.png"):
+            parent.log_artifact(folder / f)
+    finished = [r for r in rows if not math.isnan(r.best_fvd)]
+    metrics: dict[str, float] = {"trials": len(rows), "iterations_saved_fraction": saved}
+    if finished:
+        metrics["best_fvd"] = min(r.best_fvd for r in finished)
+    parent.log_metrics(metrics, step=0)
+    parent.set_tags({f"vidgan.trials.{s}": str(sum(r.status == s for r in rows))
+                     for s in ("completed", "stopped_by_asha", "failed", "diverged")})
+    parent.finish("FINISHED")
+    return SweepOutcome(
+        name=ctx.sweep, path=exp_path, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,
+        rows=rows, table=table, iterations_saved=saved,
+    )

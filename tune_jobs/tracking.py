@@ -1,0 +1,190 @@
+"""MLflow tracking for sweeps: one parent run per sweep, one nested run per trial.
+
+All calls go through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state), so a
+trial restarted from a checkpoint finds and continues its own run (looked up by the tag
+``vidgan.trial_id``) instead of opening a duplicate. Writes are retried briefly: several trial
+processes share one SQLite file in the embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+T = TypeVar("T")
+
+TAG_SWEEP = "vidgan.sweep"
+TAG_KIND = "vidgan.kind"
+TAG_TRIAL = "vidgan.trial_id"
+TAG_VARIANT = "vidgan.variant"
+TAG_DATASET = "vidgan.dataset"
+TAG_END = "vidgan.end"  # completed / stopped_by_asha / failed / diverged
+TAG_REASON = "vidgan.failure_reason"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached or written."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Spec value, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; local paths made absolute.
+
+    Trials run with their own folder as working directory, so a relative SQLite path would point
+    somewhere else in every trial.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Artifact root next to a SQLite store (``mlartifacts/``); None for servers (they proxy artifacts)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent.joinpath("mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear error when the store is unreachable (before any trial starts)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise TrackingUnavailable(f"MLflow server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {exc}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+    try:
+        retry(lambda: MlflowClient(uri).search_experiments(max_results=1), attempts=2)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
+        raise TrackingUnavailable(f"MLflow tracking store {uri} is not usable: {exc}") from None
+
+
+def retry(fn: Callable[[], T], attempts: int = 6, delay_s: float = 0.2) -> T:
+    """Call ``fn``, retrying transient store errors (e.g. SQLite 'database is locked') with backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {"a.b": "value"} strings, for MLflow params."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class Tracker:
+    """A thin, retried wrapper over one MLflow run."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]  # a restarted trial logs them once only
+        for i in range(0, len(items), 100):
+            batch = items[i : i + 100]
+            retry(lambda b=batch: self.client.log_batch(self.run_id, params=b))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=items))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        retry(lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        retry(lambda: self.client.set_terminated(self.run_id, status))
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, creating it (with a local artifact root next to a SQLite store) if needed."""
+    client = MlflowClient(uri)
+    exp = retry(lambda: client.get_experiment_by_name(name))
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingUnavailable(f"MLflow experiment {name!r} is deleted; restore it or pick another name")
+        return exp.experiment_id
+    return retry(lambda: client.create_experiment(name, artifact_location=local_artifact_root(uri)))
+
+
+def start_parent_run(uri: str, experiment_id: str, sweep: str, tags: dict[str, str] | None = None) -> str:
+    client = MlflowClient(uri)
+    run = retry(
+        lambda: client.create_run(
+            experiment_id, run_name=sweep, tags={TAG_SWEEP: sweep, TAG_KIND: "sweep", **(tags or {})}
+        )
+    )
+    return run.info.run_id
+
+
+def find_or_create_trial_run(
+    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str, tags: dict[str, str]
+) -> tuple[str, bool]:
+    """(run id, created) of the nested run of a trial; an existing one is reused after a restart."""
+    client = MlflowClient(uri)
+    found = retry(
+        lambda: client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_PARENT}` = '{parent_run_id}'",
+            max_results=1,
+        )
+    )
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != RunStatus.to_string(RunStatus.RUNNING):
+            retry(lambda: client.update_run(run_id, status="RUNNING"))
+        return run_id, False
+    run = retry(
+        lambda: client.create_run(
+            experiment_id,
+            run_name=run_name,
+            tags={TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, TAG_KIND: "trial", **tags},
+        )
+    )
+    return run.info.run_id, True
+
+
+def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+    """Nested runs of a sweep by trial id."""
+    client = MlflowClient(uri)
+    runs = retry(
+        lambda: client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
+    )
+    return {r.data.tags.get(TAG_TRIAL): r for r in runs}
+
+
+def log_files(tracker: Tracker, files: Iterable[Path], artifact_path: str | None = None) -> None:
+    for f in files:
+        tracker.log_artifact(f, artifact_path)
