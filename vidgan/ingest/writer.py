@@ -1,0 +1,179 @@
+"""Shard writing and the manifest, both atomic (write a temp file, fsync, rename).
+
+A shard is only ever written whole and only with whole sources in it, and the manifest is rewritten
+after every shard: an interrupted ingest leaves complete shards, a manifest that lists exactly the
+sources they hold, and possibly temp or orphan files that the next run removes. Running the same
+command again therefore resumes: sources already listed are not decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vidgan.shards import CLIP_SCHEMA, MANIFEST_NAME, SCHEMA_VERSION, clips_to_table
+
+from .config import IngestConfig
+from .decode import Decoded
+
+SHARD_NAME = "shard-{:05d}.parquet"
+TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file and a rename, so readers see old or new, never half."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def new_manifest(cfg: IngestConfig, roots: list[str]) -> dict[str, Any]:
+    """An empty manifest for an ingest with ``cfg``."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "params": {**cfg.content_params(), "compression": cfg.compression,
+                   "row_group_clips": cfg.row_group_clips, "shard_mb": cfg.shard_mb,
+                   "max_pixels": cfg.max_pixels, "max_frames": cfg.max_frames},
+        "clip_shape": [cfg.frames, cfg.size, cfg.size, 3],
+        "roots": roots,
+        "totals": {"clips": 0, "shards": 0, "bytes": 0, "sources_ok": 0, "sources_skipped": 0},
+        "sources": {},
+        "shards": [],
+    }
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Recompute the totals and write ``manifest.json`` atomically."""
+    srcs = manifest["sources"].values()
+    manifest["totals"] = {
+        "clips": sum(s["rows"] for s in manifest["shards"]),
+        "shards": len(manifest["shards"]),
+        "bytes": sum(s["bytes"] for s in manifest["shards"]),
+        "sources_ok": sum(1 for s in srcs if s["status"] == "ok"),
+        "sources_skipped": sum(1 for s in srcs if s["status"] == "skipped"),
+    }
+    data = json.dumps(manifest, indent=1, sort_keys=False).encode()
+    atomic_write_bytes(out / MANIFEST_NAME, data)
+
+
+def clean_partial(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """Delete temp files and shards the manifest does not list (left by an interrupted run)."""
+    listed = {s["file"] for s in manifest["shards"]}
+    removed = []
+    for p in out.iterdir():
+        if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("shard-") and p.name not in listed):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+class ShardWriter:
+    """Collects the clips of whole sources and writes a shard once about ``shard_mb`` MiB are pending."""
+
+    def __init__(self, out: Path, cfg: IngestConfig, manifest: dict[str, Any]) -> None:
+        self.out, self.cfg, self.manifest = out, cfg, manifest
+        self.pending: list[Decoded] = []
+        self.pending_bytes = 0
+        self.pending_outcomes: dict[str, dict[str, Any]] = {}
+        names = [s["file"] for s in manifest["shards"]]
+        self.next_index = 1 + max((int(n[6:11]) for n in names), default=-1)
+
+    def add(self, d: Decoded) -> None:
+        """Queue one decoded source (its clips, or its skip reason); flush when the shard is full."""
+        rec: dict[str, Any] = {"status": "ok" if d.n_clips else "skipped", "clips": d.n_clips}
+        if d.source.label is not None:
+            rec["label"] = d.source.label
+        if d.n_clips:
+            rec["fps"] = round(d.fps, 4)
+            rec["frames_read"] = d.frames_read
+            self.pending.append(d)
+            self.pending_bytes += d.clips.nbytes
+        else:
+            rec["reason"] = d.error or "no clips"
+        if d.warning:
+            rec["warning"] = d.warning
+        self.pending_outcomes[d.source.key] = rec
+        if self.pending_bytes >= self.cfg.shard_mb * 2**20:
+            self.flush()
+
+    def skip(self, key: str, reason: str) -> None:
+        """Record a source that was never decoded (found unusable during discovery)."""
+        self.pending_outcomes[key] = {"status": "skipped", "clips": 0, "reason": reason}
+
+    def flush(self) -> None:
+        """Write pending clips as one shard (if any), then the manifest with their sources."""
+        if self.pending:
+            name = SHARD_NAME.format(self.next_index)
+            self.next_index += 1
+            rows, nbytes, digest = self._write_shard(self.out / name)
+            self.manifest["shards"].append({"file": name, "rows": rows, "bytes": nbytes, "sha256": digest})
+            for d in self.pending:
+                self.pending_outcomes[d.source.key]["shard"] = name
+        if self.pending_outcomes or self.pending:
+            self.manifest["sources"].update(self.pending_outcomes)
+            write_manifest(self.out, self.manifest)
+        self.pending, self.pending_bytes, self.pending_outcomes = [], 0, {}
+
+    def _write_shard(self, path: Path) -> tuple[int, int, str]:
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        cfg = self.cfg
+        writer = pq.ParquetWriter(
+            tmp,
+            CLIP_SCHEMA,
+            compression=cfg.compression,
+            compression_level=cfg.compression_level,
+            use_dictionary=["source", "label"],
+            write_statistics=["frames", "height", "width", "start_frame", "fps"],
+        )
+        try:
+            tables = [
+                clips_to_table(list(d.clips), [d.source.key] * d.n_clips, d.starts, [d.fps] * d.n_clips,
+                               [d.source.label] * d.n_clips)
+                for d in self.pending
+            ]
+            table = pa.concat_tables(tables)
+            writer.write_table(table, row_group_size=cfg.row_group_clips)
+            rows = table.num_rows
+            del tables, table
+        finally:
+            writer.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return rows, path.stat().st_size, sha256_file(path)
+
