@@ -37,8 +37,8 @@ def test_arrow_stream_covers_every_clip_and_is_seeded(shards: str) -> None:
     shuffled = torch.cat(list(itertools.islice(arrow_clip_batches(shards, 4, seed=1), 3)))
     key = lambda x: sorted(c.sum().item() for c in x)  # noqa: E731
     # The buffer spans epoch boundaries, so 12 draws are not exactly one epoch: check membership/coverage.
-    assert set(key(shuffled)) <= set(key(ordered)) and len(set(key(shuffled))) >= 6
-    assert len(set(key(ordered))) == 12  # unshuffled: one epoch is every clip once
+    # (the three test videos are identical: 4 distinct clips, each 3 times)
+    assert set(key(shuffled)) == set(key(ordered)) and len(set(key(ordered))) == 4
     assert not torch.equal(ordered, shuffled)
     again = torch.cat(list(itertools.islice(arrow_clip_batches(shards, 4, seed=1), 3)))
     assert torch.equal(shuffled, again)
