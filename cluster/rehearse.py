@@ -64,9 +64,10 @@ def sweep_available() -> bool:
 def write_spec(scratch: Path) -> Path:
     """tune_jobs/rehearsal.yaml with data, Tune storage and MLflow in the shared scratch folder."""
     spec = yaml.safe_load(SPEC.read_text())
-    spec["dataset"]["path"] = str(scratch / "data" / "sample")
+    for ds in spec["datasets"]:
+        ds["path"] = str(scratch / "data" / ds["name"])
     spec["storage_path"] = str(scratch / "tune")  # every fake node shares this disk, like S3
-    spec["mlflow"]["tracking_uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
+    spec.setdefault("mlflow", {})["tracking_uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
     path = scratch / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

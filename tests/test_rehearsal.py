@@ -1,0 +1,46 @@
+"""The local rehearsal of the cluster path (cluster/rehearse.py, `make rehearse`) end to end.
+
+Starts a fake autoscaling GPU cluster on this machine (own ports and temp dir), submits the rehearsal
+sweep with `ray job submit`, and tears everything down. Slow (a few minutes on 2 cores) but runs in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_rehearsal_scales_out_runs_trials_on_workers_and_cleans_up(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "cluster/rehearse.py", "--json", str(summary_path), "--timeout", "540"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(proc.stdout[-8000:])
+    print(proc.stderr[-4000:], file=sys.stderr)
+    summary = json.loads(summary_path.read_text())
+    # everything the rehearsal started is gone, whatever happened
+    assert summary["leftover_processes"] == 0
+    assert not Path(summary["scratch"]).exists()
+    assert summary["job_status"] == "SUCCEEDED", summary.get("job_logs_tail", "")[-3000:]
+    # the autoscaler added fake GPU worker nodes for the pending fractional-GPU trials ...
+    workers = summary["worker_nodes_added"]
+    assert len(workers) >= 1
+    assert all(w["resources"].get("GPU", 0) >= 1 and not w["is_head"] for w in workers)
+    # ... and the trials ran on them, never on the head
+    placed = [t for t in summary["trials"] if t.get("placed")]
+    assert placed and all(t["on_worker"] for t in placed)
+    # `ray job status` / `ray job logs` were fetched through the job API
+    assert "SUCCEEDED" in summary["job_status_cli"]
+    assert summary["job_logs_tail"].strip()
+    assert proc.returncode == 0
