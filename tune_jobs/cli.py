@@ -24,7 +24,8 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
         print(f"vidgan sweep: error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - start
-    counts = {s: sum(r.status == s for r in outcome.rows) for s in ("completed", "stopped_by_asha", "failed", "diverged")}
+    ends = ("completed", "stopped_by_asha", "failed", "diverged")
+    counts = {s: sum(r.status == s for r in outcome.rows) for s in ends}
     print(f"\nSweep {outcome.name}: {len(outcome.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(outcome.table)
     print(

@@ -68,12 +68,21 @@ class ResourcesSpec(_Spec):
 
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
-    data_cpu: float = Field(0.5, ge=0)  # reserved for the trial's Ray Data read tasks (see vidgan.data)
+    # CPUs reserved in the trial's placement group for its Ray Data tasks (see vidgan.data). Ray Data's
+    # planning tasks ask for one whole CPU, so this is 0 (stream with the in-process pyarrow reader
+    # instead of Ray Data) or at least 1.
+    data_cpu: float = Field(1.0, ge=0)
+    threads: int | None = Field(None, ge=1)  # torch threads in the trial (default: max(1, int(cpu)))
 
     @model_validator(mode="after")
     def _check(self) -> ResourcesSpec:
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu {self.gpu}: a fraction must be below 1, above 1 a whole number")
+        if 0 < self.data_cpu < 1:
+            raise ValueError(
+                f"data_cpu {self.data_cpu}: Ray Data's tasks each need a whole CPU in the trial's data bundle; "
+                "use 0 (in-process pyarrow reader) or >= 1"
+            )
         return self
 
 

@@ -105,19 +105,18 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray import tune
 
     from tune_jobs.metrics import TrialMetrics
-    from vidgan.data import ray_clip_batches
+    from vidgan.data import arrow_clip_batches, ray_clip_batches
     from vidgan.fvd import FVDEvaluator, real_features
 
     spec = ctx.spec
     tune_ctx = tune.get_context()
-    trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
+    trial_id = tune_ctx.get_trial_id()
     variant_name, dataset_name, seed = config["variant"], config["dataset"], int(config.get("seed", 0))
     params = trial_params(config)
     dataset = spec.dataset(dataset_name)
     variant = spec.variant(variant_name, params)
     train_cfg = spec.train_config(params, seed)
-    if spec.resources.cpu >= 1:
-        torch.set_num_threads(int(spec.resources.cpu))
+    torch.set_num_threads(spec.resources.threads or max(1, int(spec.resources.cpu)))
 
     run_id, _ = tracking.find_or_create_trial_run(
         ctx.tracking_uri,
@@ -158,7 +157,8 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     evaluator = FVDEvaluator(real, ev.n_fake, ev.frames, device=trainer.device, batch_size=ev.batch_size)
     grid_z = evaluator.latents(spec.model.z_dim)[: ev.grid]
     # A fresh shuffle order after a restart, so the resumed trial does not replay the same batches.
-    batches = ray_clip_batches(
+    stream = ray_clip_batches if spec.resources.data_cpu > 0 else arrow_clip_batches
+    batches = stream(
         dataset.path, train_cfg.batch_size, shuffle=True, flip=True, seed=seed * 100_003 + trainer.iteration
     )
     gauges = TrialMetrics(ctx.sweep, trial_id, variant_name)

@@ -1,0 +1,219 @@
+"""End-to-end sweeps on a real local Ray (2 CPUs, shared by this module), real MLflow (SQLite), real data.
+
+Tiny settings: a 16-frame 32x32 iVGAN of width 4, FVD on 4 generated vs 8 real clips (statistically
+meaningless at this N, but the whole path runs: Ray Data stream, I3D, ASHA, Optuna, MLflow).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tune_jobs import tracking
+from tune_jobs.spec import parse_spec
+from tune_jobs.sweep import STATE_FILE, run_sweep
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, ray_cluster):
+    """A folder with the sample dataset (16 frames of 32x32) and an MLflow store."""
+    from vidgan.ingest import ingest_sample
+
+    root = tmp_path_factory.mktemp("sweeps")
+    ingest_sample(root / "data", frames=16, size=32, stride=8)
+    return root
+
+
+def _spec(root: Path, **changes) -> dict:
+    spec = {
+        "name": "t",
+        "datasets": [{"name": "sample", "path": str(root / "data")}],
+        "model": {"frames": 16, "size": 32, "width": 4, "z_dim": 8},
+        "train": {"batch_size": 4, "n_critic": 2},
+        "variants": ["gp"],
+        "eval": {"every": 2, "n_real": 8, "n_fake": 4, "frames": 16, "batch_size": 4, "grid": 4},
+        "scheduler": {"type": "asha", "max_t": 8, "grace_period": 2, "reduction_factor": 2},
+        "resources": {"cpu": 0.5, "data_cpu": 1},
+        "max_failures": 1,
+        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "e2e"},
+        "storage_path": str(root / "results"),
+    }
+    spec.update(changes)
+    return spec
+
+
+def _client(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root}/mlflow.db")
+
+
+def _nested(root: Path, parent: str) -> list:
+    client = _client(root)
+    exp = client.get_experiment_by_name("e2e")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(workdir: Path) -> None:
+    # Six trials on 2 CPUs, each reserving 0.5 CPU + 1 CPU for its Ray Data tasks: more trials than free CPUs,
+    # so most wait (without deadlock). drift's penalty weight overflows fp32: that trial diverges, the sweep goes on.
+    spec = parse_spec(
+        _spec(
+            workdir,
+            name="asha",
+            variants=["gp", "sn", "zero_gp", "one_sided", "r1", "drift"],
+            overrides={"drift": {"penalty_weight": 1e39}},
+        )
+    )
+    outcome = run_sweep(spec, name="asha", verbose=0)
+    status = {r.variant: r.status for r in outcome.rows}
+    assert len(outcome.rows) == 6
+    assert status["drift"] == "diverged"
+    assert "stopped_by_asha" in status.values()
+    assert "completed" in status.values()
+    assert outcome.iterations_saved > 0
+    for r in outcome.rows:
+        if r.status != "diverged":
+            assert r.iterations in (2, 4, 6, 8) and r.best_fvd == r.best_fvd  # a real number
+            assert r.paper_steps == r.iterations * 3  # 2 critic + 1 generator update per iteration
+
+    client = _client(workdir)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "comparison.md", "comparison.csv", "fvd_vs_iterations.png"
+    }
+    nested = _nested(workdir, outcome.parent_run_id)
+    assert len(nested) == 6  # one run per trial, no duplicates
+    by_variant = {r.data.tags[tracking.TAG_VARIANT]: r for r in nested}
+    assert by_variant["drift"].info.status == "FAILED"
+    assert "diverged" in by_variant["drift"].data.tags[tracking.TAG_REASON]
+    done = next(r for r in nested if r.data.tags[tracking.TAG_END] == "completed")
+    assert done.data.params["loss.penalty"] in {"gp", "none", "zero_centered", "one_sided", "r1"}
+    assert done.data.tags[tracking.TAG_DATASET] == "sample"
+    history = client.get_metric_history(done.info.run_id, "fvd")
+    assert sorted(m.step for m in history) == [2, 4, 6, 8]
+    artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
+    assert {"samples", "fvd_curve.png", "best_checkpoint"} <= artifacts
+    samples = {a.path for a in client.list_artifacts(done.info.run_id, "samples")}
+    assert "samples/samples_0000008.gif" in samples and "samples/samples_0000008.mp4" in samples
+
+
+def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
+    spec = parse_spec(
+        _spec(
+            workdir,
+            name="search",
+            variants=["gp", "sn", "drift"],
+            scheduler={"type": "asha", "max_t": 4, "grace_period": 2},
+            search={
+                "num_samples": 3,
+                "seed": 1,
+                "space": {
+                    "lr": {"low": 1e-5, "high": 1e-3, "log": True},
+                    "penalty_weight": {"low": 1.0, "high": 20.0},
+                    "drift_weight": {"low": 1e-5, "high": 1e-3, "log": True},
+                },
+            },
+            max_concurrent_trials=2,
+        )
+    )
+    outcome = run_sweep(spec, name="search", verbose=0)
+    assert sorted(r.variant for r in outcome.rows) == ["drift", "gp", "sn"]
+    params = {r.variant: r.params for r in outcome.rows}
+    assert "drift_weight" in params["drift"] and "penalty_weight" in params["drift"]
+    assert "penalty_weight" in params["gp"] and "drift_weight" not in params["gp"]
+    assert "penalty_weight" not in params["sn"] and "lr=" in params["sn"]
+    nested = {r.data.tags[tracking.TAG_VARIANT]: r for r in _nested(workdir, outcome.parent_run_id)}
+    # the searched values reached the trial's configs
+    lr = float(params["sn"].split("lr=")[1].split(",")[0])
+    assert float(nested["sn"].data.params["train.lr"]) == pytest.approx(lr, rel=1e-2)
+    assert float(nested["drift"].data.params["loss.drift_weight"]) != 1e-4
+
+
+def _start_sweep(root: Path, spec: dict, name: str) -> subprocess.Popen:
+    import ray
+
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
+    address = ray.get_runtime_context().gcs_address
+    return subprocess.Popen(
+        [sys.executable, "-m", "vidgan.cli", "sweep", str(path), "--name", name, "--address", address],
+        cwd=root, env=env, stdout=open(root / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_for_fvd_steps(root: Path, name: str, steps: int, proc: subprocess.Popen, timeout: float = 240) -> str:
+    """Wait until some trial of sweep ``name`` has logged ``steps`` FVD values; return its run id."""
+    state = root / "results" / name / STATE_FILE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (root / f"{name}.log").read_text()[-3000:]
+        if state.exists():
+            parent = yaml.safe_load(state.read_text())["parent_run_id"]
+            for run in _nested(root, parent):
+                if len(_client(root).get_metric_history(run.info.run_id, "fvd")) >= steps:
+                    return run.info.run_id
+        time.sleep(1)
+    raise AssertionError(f"no trial of {name} reached {steps} evaluations in {timeout} s")
+
+
+def _trial_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::ImplicitFunc"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: Path) -> None:
+    spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 8, "grace_period": 2})
+    proc = _start_sweep(workdir, spec, "kill")
+    run_id = _wait_for_fvd_steps(workdir, "kill", 1, proc)
+    pids = _trial_pids()
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    assert proc.wait(timeout=300) == 0, (workdir / "kill.log").read_text()[-3000:]
+
+    state = yaml.safe_load((workdir / "results" / "kill" / STATE_FILE).read_text())
+    nested = _nested(workdir, state["parent_run_id"])
+    assert [r.info.run_id for r in nested] == [run_id]  # the restarted trial continued the same run
+    steps = {m.step for m in _client(workdir).get_metric_history(run_id, "fvd")}
+    assert steps == {2, 4, 6, 8}  # nothing lost
+    run = _client(workdir).get_run(run_id)
+    assert run.data.tags[tracking.TAG_END] == "completed" and run.info.status == "FINISHED"
+
+
+def test_interrupted_driver_resumes_the_sweep(workdir: Path) -> None:
+    fifo = {"type": "fifo", "max_t": 8, "grace_period": 2}
+    spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo)
+    proc = _start_sweep(workdir, spec, "resume")
+    _wait_for_fvd_steps(workdir, "resume", 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+    proc.wait()
+    parent = yaml.safe_load((workdir / "results" / "resume" / STATE_FILE).read_text())["parent_run_id"]
+
+    outcome = run_sweep(parse_spec(spec), name="resume", resume=True, verbose=0)
+    assert outcome.parent_run_id == parent
+    assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
+    nested = _nested(workdir, parent)
+    assert len(nested) == 2  # no duplicate runs after the resume
+    for run in nested:
+        assert {m.step for m in _client(workdir).get_metric_history(run.info.run_id, "fvd")} == {2, 4, 6, 8}
