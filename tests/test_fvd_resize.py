@@ -41,12 +41,11 @@ def test_known_values_upsampling_repeats_the_edge() -> None:
 
 def test_matches_loop_reference_up_and_down() -> None:
     rng = np.random.default_rng(0)
-    for h, w, oh, ow in [(7, 5, 224, 224), (64, 48, 224, 224), (256, 300, 224, 224), (5, 9, 3, 4)]:
-        img = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    for h, w, oh, ow in [(7, 5, 224, 224), (256, 300, 224, 224), (5, 9, 3, 4)]:
+        img = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
         ours = resize_bilinear_tf1(torch.from_numpy(img), (oh, ow)).numpy()
-        assert ours.dtype == np.float32 and ours.shape == (2, oh, ow, 3)
-        for i in range(2):
-            np.testing.assert_allclose(ours[i], _reference(img[i].astype(np.float64), oh, ow), atol=2e-4)
+        assert ours.dtype == np.float32 and ours.shape == (1, oh, ow, 3)
+        np.testing.assert_allclose(ours[0], _reference(img[0].astype(np.float64), oh, ow), atol=2e-4)
 
 
 def test_differs_from_half_pixel_interpolate() -> None:

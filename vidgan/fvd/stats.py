@@ -19,6 +19,7 @@ import io
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +88,12 @@ def file_lock(lock_path: Path) -> Iterator[None]:
 
 def _lock_path(fs: pafs.FileSystem, path: str) -> Path:
     if isinstance(fs, pafs.LocalFileSystem):
-        return Path(path + ".lock")
+        local = Path(path + ".lock")
+        parent = local.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if os.access(parent, os.W_OK):
+            return local
     key = hashlib.sha256(f"{fs.type_name}:{path}".encode()).hexdigest()[:24]
     return cache_dir() / "locks" / f"{key}.lock"
 
@@ -124,7 +130,10 @@ def compute_once(fs: pafs.FileSystem, path: str, compute: Callable[[], dict[str,
         if found is not None:
             return found
         arrays = compute()
-        write_npz_atomic(fs, path, arrays)
+        try:
+            write_npz_atomic(fs, path, arrays)
+        except OSError as e:  # a read-only dataset: the result is still right, only not cached
+            warnings.warn(f"could not cache FVD statistics at {path}: {e}", RuntimeWarning, stacklevel=2)
         return arrays
 
 
