@@ -47,3 +47,13 @@ def test_too_few_generated_frames_refused() -> None:
     assert gen.training
     with pytest.raises(ValueError, match="at least 9 frames"):
         FVDEvaluator(np.zeros((2, 400)), n_fake=2, frames=8)
+
+
+def test_no_tf32_sets_and_restores_precision() -> None:
+    from vidgan.fvd.i3d import no_tf32
+
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    with no_tf32():
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before

@@ -212,12 +212,28 @@ def check_frames(t: int) -> None:
 
 @contextmanager
 def no_tf32() -> Iterator[None]:
-    """Full float32 matmuls/convolutions on CUDA (TF32 would change the features), restored afterwards."""
-    mm, cd = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    """Full float32 matmuls and convolutions on CUDA (TF32 would change the features), restored afterwards.
+
+    Uses PyTorch's per-backend ``fp32_precision = "ieee"`` where it exists (reading the legacy
+    ``allow_tf32`` flags raises once anyone has set the new ones), else ``allow_tf32 = False``.
+    """
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(b.cudnn, "conv"):
+        targets = [b.cuda.matmul, b.cudnn.conv]
+        saved = [t.fp32_precision for t in targets]
+        try:
+            for t in targets:
+                t.fp32_precision = "ieee"
+            yield
+        finally:
+            for t, v in zip(targets, saved, strict=True):
+                t.fp32_precision = v
+        return
+    mm, cd = b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+    b.cuda.matmul.allow_tf32 = False
+    b.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = mm
-        torch.backends.cudnn.allow_tf32 = cd
+        b.cuda.matmul.allow_tf32 = mm
+        b.cudnn.allow_tf32 = cd
