@@ -131,7 +131,8 @@ def test_define_by_run_space_is_conditional_and_fair() -> None:
     picked = []
     for number in range(6):
         trial = _FakeOptunaTrial(number)
-        config = define_by_run(trial, variants, space, penalties, drifts)
+        config = define_by_run(trial, variants, space, penalties, drifts, constants={"seed": 3})
+        assert config["seed"] == 3
         picked.append(config["variant"])
         v = config["variant"]
         assert ("penalty_weight" in config) == penalties[v]

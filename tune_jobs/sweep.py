@@ -101,13 +101,19 @@ def prepare_real_statistics(spec: SweepSpec) -> None:
 
 
 # ------------------------------------------------------------------------------------------ tune
-def define_by_run(trial: Any, variants: list[str], space: dict[str, dict[str, Any]], penalties: dict[str, bool],
-                  drifts: dict[str, bool]) -> dict[str, Any]:
+def define_by_run(
+    trial: Any,
+    variants: list[str],
+    space: dict[str, dict[str, Any]],
+    penalties: dict[str, bool],
+    drifts: dict[str, bool],
+    constants: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Optuna define-by-run space. Variants take turns (equal budget for each); every hyperparameter is
     named per variant (``gp.lr``) so TPE models each variant separately, and a penalty weight or drift
     weight exists only for variants that have one."""
     variant = variants[trial.number % len(variants)]
-    chosen: dict[str, Any] = {"variant": variant}
+    chosen: dict[str, Any] = {**(constants or {}), "variant": variant}
     for key, r in space.items():
         if key == "penalty_weight" and not penalties[variant]:
             continue
@@ -148,13 +154,10 @@ def _tune_setup(spec: SweepSpec) -> tuple[dict[str, Any] | None, Any, int]:
         space={k: v.model_dump() for k, v in spec.search.space.items()},
         penalties={v: PRESETS[v].penalty != "none" for v in spec.variants},
         drifts={v: PRESETS[v].drift_weight > 0 for v in spec.variants},
+        constants={"dataset": spec.datasets[0].name, "seed": spec.seeds[0]},
     )
-
-    def with_constants(trial: Any) -> dict[str, Any]:
-        return {**fn(trial), "dataset": spec.datasets[0].name, "seed": spec.seeds[0]}
-
     searcher = OptunaSearch(
-        space=with_constants,
+        space=fn,
         metric=spec.eval.metric,
         mode="min",
         sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
