@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/vidgan demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 # Local rehearsal of the cluster path: fake multi-node Ray with fake GPU workers, `ray job submit`.
 rehearse: $(STAMP)

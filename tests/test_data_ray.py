@@ -25,7 +25,9 @@ def shards(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     m = ingest([str(src)], out, IngestConfig(frames=16, size=32, parallel="ray"))
     assert m["sources"]["bad.mp4"]["status"] == "skipped"
     local = ingest([str(src)], tmp_path_factory.mktemp("local"), IngestConfig(frames=16, size=32, parallel="local"))
-    assert m["totals"] == local["totals"]
+    # same clips and outcomes; shard bytes may differ (row order within a shard follows task completion)
+    drop = lambda totals: {k: v for k, v in totals.items() if k != "bytes"}  # noqa: E731
+    assert drop(m["totals"]) == drop(local["totals"])
     assert {k: v["clips"] for k, v in m["sources"].items()} == {k: v["clips"] for k, v in local["sources"].items()}
     return str(out)
 
