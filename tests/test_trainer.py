@@ -115,6 +115,14 @@ def test_uint8_batches_are_mapped_to_model_range() -> None:
     assert out.tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
 
 
+def test_channels_last_views_are_laid_out_channels_first() -> None:
+    clips = torch.randint(0, 256, (2, 16, 8, 8, 3), dtype=torch.uint8)  # [B, T, H, W, C] as read
+    view = clips.permute(0, 4, 1, 2, 3)
+    out = to_model_range(view, torch.device("cpu"))
+    assert out.is_contiguous() and out.shape == (2, 3, 16, 8, 8)
+    assert torch.equal(out, view.float() / 127.5 - 1)
+
+
 def test_bad_train_config_is_refused() -> None:
     with pytest.raises(ValueError):
         TrainConfig(betas=(0.5, 1.0))

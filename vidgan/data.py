@@ -62,13 +62,18 @@ COLUMNS = ["clip", "frames", "height", "width"]
 
 
 def to_tensor(clips: np.ndarray, as_float: bool = False) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> contiguous [B, 3, T, H, W] (uint8, or float32 in [-1, 1])."""
+    """uint8 [B, T, H, W, 3] -> [B, 3, T, H, W] (uint8, or float32 in [-1, 1]).
+
+    The result is a channels-last *view* (no copy): transposing 64x64x32 uint8 clips to channels-first
+    on the host cost more than reading them (10 ms per 16 clips, measured). The trainer moves the
+    compact buffer to its device and lays it out there (:func:`vidgan.trainer.to_model_range`).
+    """
     import torch
 
-    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3)
+    x = torch.from_numpy(clips)
     if as_float:
-        return x.to(torch.float32).mul_(1 / 127.5).sub_(1.0).contiguous()
-    return x.contiguous()
+        x = x.to(torch.float32).mul_(1 / 127.5).sub_(1.0)
+    return x.permute(0, 4, 1, 2, 3)
 
 
 def rebatch(
@@ -117,8 +122,10 @@ def rebatch(
                 pool[: n - batch_size] = pool[batch_size:n]
             n -= batch_size
             if flip:
-                mirror = rng.random(batch_size) < 0.5
-                out[mirror] = out[mirror][:, :, :, ::-1]
+                mirror = np.flatnonzero(rng.random(batch_size) < 0.5)
+                # reverse W as whole 3-byte pixels (a void view): twice as fast as a strided uint8 copy
+                pixels = out.view(np.dtype((np.void, out.shape[-1])))[..., 0]
+                pixels[mirror] = pixels[mirror][:, :, :, ::-1]
             yield out
 
 
@@ -320,7 +327,8 @@ def _ray_chunks(uri: str, shuffle: bool, seed: int | None, prefetch_epochs: bool
             if not prefetch_epochs:
                 pending = opener(epoch)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # wait for an epoch being opened: a thread still inside Ray after ray.shutdown() aborts the process
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ray_clip_batches(

@@ -52,8 +52,16 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def to_model_range(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A real batch [B, 3, T, H, W] on ``device`` in [-1, 1]; uint8 is converted after the copy."""
-    batch = batch.to(device, non_blocking=True)
+    """A real batch [B, 3, T, H, W] on ``device`` in [-1, 1], contiguous; uint8 is converted after the copy.
+
+    A channels-last view (as :mod:`vidgan.data` yields) travels as its compact buffer and is laid out
+    channels-first on the device.
+    """
+    if batch.dim() == 5 and not batch.is_contiguous() and batch.permute(0, 2, 3, 4, 1).is_contiguous():
+        batch = batch.permute(0, 2, 3, 4, 1).to(device, non_blocking=True).permute(0, 4, 1, 2, 3)
+    else:
+        batch = batch.to(device, non_blocking=True)
+    batch = batch.contiguous()
     if batch.dtype == torch.uint8:
         return batch.float().div_(127.5).sub_(1.0)
     return batch.float()
