@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidgan.files import sha256_file
 from vidgan.fvd import weights
 
 
@@ -62,4 +63,4 @@ def test_located_without_importing_jax_and_cached(tmp_path: Path) -> None:
 
 
 def test_weight_file_checksum() -> None:
-    assert weights.sha256_file(weights.find_weights()) == weights.WEIGHTS_SHA256
+    assert sha256_file(weights.find_weights()) == weights.WEIGHTS_SHA256

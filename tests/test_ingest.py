@@ -15,11 +15,11 @@ import pytest
 from videogen import frame_pattern, truncate, write_audio_only, write_tinyvideo, write_video
 
 from vidgan.cli import main
+from vidgan.files import sha256_file
 from vidgan.ingest import IngestConfig, IngestError, ingest, ingest_sample, sample_sources
 from vidgan.ingest.decode import decode_source
 from vidgan.ingest.frames import center_crop, scaled_size
 from vidgan.ingest.sources import discover
-from vidgan.ingest.writer import sha256_file
 from vidgan.shards import CLIP_SCHEMA, iter_clips, read_manifest
 
 CFG = IngestConfig(frames=8, size=32, parallel="local")

