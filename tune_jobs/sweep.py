@@ -24,6 +24,7 @@ from typing import Any
 
 from tune_jobs import report, tracking
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
+from tune_jobs.trainable import STATE_FILE as TRAINER_FILE
 from tune_jobs.trainable import SweepContext, train_trial, trial_params
 from vidgan import shards
 
@@ -291,8 +292,7 @@ def run_sweep(
 
 
 # ------------------------------------------------------------------------------------------ report
-def _rows(spec: SweepSpec, ctx: SweepContext, results: Any) -> list[report.TrialRow]:
-    runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.TrialRow]:
     rows = []
     for result in results:
         config = result.config or {}
@@ -338,8 +338,8 @@ def _best_checkpoint(result: Any, metric: str) -> Any:
 
 def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any) -> SweepOutcome:
     """Mark each trial's MLflow run with how it ended, log the best checkpoints, the table and the figure."""
-    rows = _rows(spec, ctx, results)
     runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    rows = _rows(spec, results, runs)
     for row, result in zip(rows, results, strict=True):
         run = runs.get(row.trial_id)
         if run is None:
@@ -352,9 +352,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         best = _best_checkpoint(result, spec.eval.metric)
         if best is not None:
             with best.as_directory() as folder:
-                from tune_jobs.trainable import STATE_FILE as CKPT
-
-                tracker.log_artifact(Path(folder) / CKPT, "best_checkpoint")
+                tracker.log_artifact(Path(folder) / TRAINER_FILE, "best_checkpoint")
         tracker.finish("FAILED" if row.status in ("failed", "diverged") else "FINISHED")
 
     table = report.markdown(rows)
