@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ray", action="store_true")
     a = ap.parse_args(argv)
 
-    from vidgan.data import arrow_clip_batches, ray_clip_batches
+    from vidgan.data import arrow_clip_batches
+    from vidgan.ray_stream import ray_clip_batches
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

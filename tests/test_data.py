@@ -10,7 +10,8 @@ import pytest
 import torch
 from videogen import write_video
 
-from vidgan.data import arrow_clip_batches, rebatch, trial_resources
+from tune_jobs.resources import trial_resources
+from vidgan.data import arrow_clip_batches, rebatch
 from vidgan.ingest import IngestConfig, ingest
 
 

@@ -38,7 +38,7 @@ def test_ray_fanout_matches_local(shards: str) -> None:
 
 
 def test_ray_stream_across_epochs(shards: str) -> None:
-    from vidgan.data import ray_clip_batches
+    from vidgan.ray_stream import ray_clip_batches
 
     it = ray_clip_batches(shards, 3, seed=0, flip=True)
     batches = list(itertools.islice(it, 6))  # 18 clips: past two epoch boundaries of 8
@@ -54,11 +54,11 @@ def test_ray_stream_feeds_trainer_in_tune_trials(shards: str, tmp_path: Path) ->
     bundle, Ray Data inside a trial waits forever here."""
     from ray import tune
 
-    from vidgan.data import trial_resources
+    from tune_jobs.resources import trial_resources
 
     def trainable(config: dict) -> None:
         from vidgan.config import ModelConfig, TrainConfig
-        from vidgan.data import ray_clip_batches
+        from vidgan.ray_stream import ray_clip_batches
         from vidgan.trainer import Trainer
         from vidgan.variants import get_variant
 

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 
 from tune_jobs import tracking
 from tune_jobs.spec import parse_spec
-from tune_jobs.sweep import STATE_FILE, run_sweep
+from tune_jobs.sweep import SWEEP_STATE_FILE as STATE_FILE
+from tune_jobs.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,9 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
         print(f"vidgan sweep: error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - start
-    ends = ("completed", "stopped_by_asha", "failed", "diverged")
-    counts = {s: sum(r.status == s for r in outcome.rows) for s in ends}
+    from tune_jobs.report import TRIAL_ENDS
+
+    counts = {s: sum(r.status == s for r in outcome.rows) for s in TRIAL_ENDS}
     print(f"\nSweep {outcome.name}: {len(outcome.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(outcome.table)
     print(

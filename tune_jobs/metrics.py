@@ -47,6 +47,9 @@ class TrialMetrics:
     costs nothing outside Ray. Outside a Ray worker (no ``ray.init``) recording is a no-op.
     """
 
+    #: the keyword arguments of :meth:`record`
+    KEYS: tuple[str, ...] = tuple(_GAUGES)
+
     def __init__(self, sweep: str, trial: str, variant: str) -> None:
         self.tags: dict[str, str] = {"sweep": str(sweep), "trial": str(trial), "variant": str(variant)}
         self._gauges: dict[str, Any] = {}

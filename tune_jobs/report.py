@@ -5,8 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
+
+#: how a trial ended (its MLflow tag ``vidgan.end`` and the table's "ended" column)
+TrialEnd = Literal["completed", "stopped_by_asha", "failed", "diverged"]
+TRIAL_ENDS: tuple[TrialEnd, ...] = get_args(TrialEnd)
 
 
 @dataclass
@@ -15,7 +21,7 @@ class TrialRow:
     variant: str
     dataset: str
     seed: int
-    status: str  # completed / stopped_by_asha / failed / diverged
+    status: TrialEnd
     best_fvd: float = math.nan
     final_fvd: float = math.nan
     final_kvd: float = math.nan
@@ -82,17 +88,22 @@ def iterations_saved(rows: list[TrialRow], max_t: int) -> float:
     return 1.0 - sum(min(r.iterations, max_t) for r in rows) / (len(rows) * max_t)
 
 
-def plot_curves(rows: list[TrialRow], path: Path, metric: str = "fvd") -> Path:
+def curves(rows: list[TrialRow]) -> dict[str, list[tuple[int, float]]]:
+    """Each scored trial's curve, best trial first, labelled variant/dataset/seed (how it ended)."""
+    return {f"{r.variant}/{r.dataset}/s{r.seed} ({r.status})": r.curve for r in sort_rows(rows) if r.curve}
+
+
+def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, metric: str = "fvd") -> Path:
+    """One line per labelled curve of (generator iteration, metric) points, saved as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for r in sort_rows(rows):
-        if r.curve:
-            xs, ys = zip(*r.curve, strict=True)
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{r.variant}/{r.dataset}/s{r.seed} ({r.status})")
+    for label, curve in curves.items():
+        xs, ys = zip(*curve, strict=True)
+        ax.plot(xs, ys, marker="o", ms=3, label=label)
     ax.set_xlabel("generator iterations")
     ax.set_ylabel(metric.upper())
     ax.grid(alpha=0.3)

@@ -1,14 +1,17 @@
 """Sweep specs: YAML files validated into a :class:`SweepSpec` before anything starts.
 
 Structural checks (unknown keys, unknown variants, bad ranges, frames < 9, ...) happen when the file is
-loaded; :func:`check_runnable` then checks what needs the outside world (datasets present and shaped
-like the model, enough clips for the real statistics, MLflow reachable). Either raises
-:class:`SpecError` naming the problem, and no trial is launched.
+loaded; ``tune_jobs.sweep.prepare_datasets`` and ``tracking.check_tracking`` then check what needs the
+outside world (datasets present and shaped like the model, enough clips for the real statistics, MLflow
+reachable). Either raises :class:`SpecError` naming the problem, and no trial is launched.
+
+:meth:`SweepSpec.trial` turns the config dict Tune hands a trial into a typed :class:`Trial`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,9 +192,9 @@ class SweepSpec(_Spec):
         params = params or {}
         overrides: dict[str, Any] = dict(self.overrides.get(name, {}))
         preset = PRESETS[name]
-        if "penalty_weight" in params and preset.penalty != "none":
+        if "penalty_weight" in params and preset.has_penalty:
             overrides["penalty_weight"] = float(params["penalty_weight"])
-        if "drift_weight" in params and preset.drift_weight > 0:
+        if "drift_weight" in params and preset.has_drift:
             overrides["drift_weight"] = float(params["drift_weight"])
         return get_variant(name, **overrides)
 
@@ -209,6 +212,42 @@ class SweepSpec(_Spec):
 
     def dataset(self, name: str) -> DatasetSpec:
         return next(d for d in self.datasets if d.name == name)
+
+    def trial(self, config: dict[str, Any]) -> Trial:
+        """The typed trial behind a Tune config ``{variant, dataset, seed, <searched params>}``.
+
+        Optuna's per-variant parameter names (``gp.lr``) are dropped: the plain names carry the values.
+        """
+        params = {k: v for k, v in config.items() if k not in TRIAL_KEYS and "." not in k}
+        seed = int(config.get("seed", self.seeds[0]))
+        name = config["variant"]
+        return Trial(
+            variant_name=name,
+            dataset=self.dataset(config["dataset"]),
+            seed=seed,
+            variant=self.variant(name, params),
+            train_config=self.train_config(params, seed),
+            params=params,
+        )
+
+
+TRIAL_KEYS = ("variant", "dataset", "seed")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep: a variant trained on a dataset from a seed, with its searched hyperparameters."""
+
+    variant_name: str
+    dataset: DatasetSpec
+    seed: int
+    variant: Variant
+    train_config: TrainConfig
+    params: dict[str, Any] = field(default_factory=dict)  # the searched hyperparameters (lr, beta1, ...)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.variant_name}-{self.dataset.name}-s{self.seed}"
 
 
 def _resolve_path(path: str, base: Path) -> str:

@@ -23,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from tune_jobs import report, tracking
+from tune_jobs.resources import trial_resources
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
-from tune_jobs.trainable import STATE_FILE as TRAINER_FILE
-from tune_jobs.trainable import SweepContext, train_trial, trial_params
+from tune_jobs.tracking import SweepContext
+from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
 from vidgan import shards
+from vidgan.files import atomic_write_fs, join_uri, resolve_fs
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "vidgan_sweep.json"
+#: the sweep's own state (its MLflow parent run) in the Tune experiment folder, for --resume
+SWEEP_STATE_FILE = "vidgan_sweep.json"
 
 
 @dataclass
@@ -49,7 +52,7 @@ def prepare_datasets(spec: SweepSpec) -> None:
     """Make the sample dataset where asked, then check every dataset fits the model and the evaluation."""
     for ds in spec.datasets:
         try:
-            manifest = shards.read_manifest(ds.path)
+            shard_set = shards.describe(ds.path)
         except FileNotFoundError:
             if not ds.sample:
                 raise SpecError(
@@ -59,11 +62,11 @@ def prepare_datasets(spec: SweepSpec) -> None:
 
             print(f"[vidgan] ingesting the sample videos into {ds.path} ...", flush=True)
             ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
-            manifest = shards.read_manifest(ds.path)
-        params = manifest.get("params", {})
-        total = int(manifest.get("totals", {}).get("clips", sum(s["rows"] for s in manifest.get("shards", []))))
-        frames, size = params.get("frames"), params.get("size")
-        if (frames, size) != (spec.model.frames, spec.model.size):
+            shard_set = shards.describe(ds.path)
+        except shards.ManifestError as exc:
+            raise SpecError(f"dataset {ds.name!r}: {exc}") from None
+        total, frames, size = shard_set.clips, shard_set.frames, shard_set.height
+        if (frames, size, shard_set.width) != (spec.model.frames, spec.model.size, spec.model.size):
             raise SpecError(
                 f"dataset {ds.name!r} holds {frames}-frame {size}x{size} clips but the model makes "
                 f"{spec.model.frames}-frame {spec.model.size}x{spec.model.size}; ingest with matching --frames/--size"
@@ -145,16 +148,14 @@ def _tune_setup(spec: SweepSpec) -> tuple[dict[str, Any] | None, Any, int]:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from vidgan.variants import PRESETS
-
     if len(spec.datasets) != 1 or len(spec.seeds) != 1:
         raise SpecError("a search sweep takes one dataset and one seed")
     fn = functools.partial(
         define_by_run,
         variants=list(spec.variants),
         space={k: v.model_dump() for k, v in spec.search.space.items()},
-        penalties={v: PRESETS[v].penalty != "none" for v in spec.variants},
-        drifts={v: PRESETS[v].drift_weight > 0 for v in spec.variants},
+        penalties={v: spec.variant(v).has_penalty for v in spec.variants},
+        drifts={v: spec.variant(v).has_drift for v in spec.variants},
         constants={"dataset": spec.datasets[0].name, "seed": spec.seeds[0]},
     )
     searcher = OptunaSearch(
@@ -182,16 +183,15 @@ def _storage(spec: SweepSpec) -> str:
 
 
 def _write_state(path: str, state: dict[str, Any]) -> None:
-    fs, p = shards.resolve(path)
+    fs, p = resolve_fs(path)
     fs.create_dir(p, recursive=True)
-    with fs.open_output_stream(shards.join(p, STATE_FILE)) as f:
-        f.write(json.dumps(state, indent=1).encode())
+    atomic_write_fs(fs, join_uri(p, SWEEP_STATE_FILE), json.dumps(state, indent=1).encode())
 
 
 def _read_state(path: str) -> dict[str, Any] | None:
-    fs, p = shards.resolve(path)
+    fs, p = resolve_fs(path)
     try:
-        with fs.open_input_stream(shards.join(p, STATE_FILE)) as f:
+        with fs.open_input_stream(join_uri(p, SWEEP_STATE_FILE)) as f:
             return json.loads(f.read().decode())
     except (FileNotFoundError, OSError):
         return None
@@ -200,7 +200,7 @@ def _read_state(path: str) -> dict[str, Any] | None:
 def _latest_sweep(storage: str, prefix: str) -> str | None:
     import pyarrow.fs as pafs
 
-    fs, p = shards.resolve(storage)
+    fs, p = resolve_fs(storage)
     try:
         infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     except OSError:
@@ -227,7 +227,7 @@ def run_sweep(
         if not name:
             raise SpecError(f"--resume: no sweep named {spec.name}-* under {storage}")
     name = name or f"{spec.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    exp_path = shards.join(storage, name)
+    exp_path = join_uri(storage, name)
     state = _read_state(exp_path)
     if resume and state is None:
         raise SpecError(f"--resume: nothing to resume at {exp_path}")
@@ -252,8 +252,6 @@ def run_sweep(
         _write_state(exp_path, state)
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
-
-    from vidgan.data import trial_resources
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, ctx=ctx),
@@ -300,14 +298,14 @@ def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.Tr
         df = result.metrics_dataframe
         run = runs.get(trial_id)
         tags = run.data.tags if run else {}
+        trial = spec.trial(config)
         row = report.TrialRow(
             trial_id=trial_id,
-            variant=config.get("variant", "?"),
-            dataset=config.get("dataset", "?"),
-            seed=int(config.get("seed", 0)),
+            variant=trial.variant_name,
+            dataset=trial.dataset.name,
+            seed=trial.seed,
             status="failed",
-            params=", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in
-                             trial_params(config).items()),
+            params=", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()),
         )
         if df is not None and len(df) and spec.eval.metric in df:
             df = df.dropna(subset=["fvd"])
@@ -352,7 +350,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         best = _best_checkpoint(result, spec.eval.metric)
         if best is not None:
             with best.as_directory() as folder:
-                tracker.log_artifact(Path(folder) / TRAINER_FILE, "best_checkpoint")
+                tracker.log_artifact(Path(folder) / CHECKPOINT_FILE, "best_checkpoint")
         tracker.finish("FAILED" if row.status in ("failed", "diverged") else "FINISHED")
 
     table = report.markdown(rows)
@@ -362,7 +360,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         folder = Path(tmp)
         (folder / "comparison.md").write_text(table + "\n")
         (folder / "comparison.csv").write_text(report.to_csv(rows))
-        report.plot_curves(rows, folder / "fvd_vs_iterations.png", spec.eval.metric)
+        report.plot_curves(report.curves(rows), folder / "fvd_vs_iterations.png", spec.eval.metric)
         for f in ("comparison.md", "comparison.csv", "fvd_vs_iterations.png"):
             parent.log_artifact(folder / f)
     finished = [r for r in rows if not math.isnan(r.best_fvd)]
@@ -370,8 +368,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     if finished:
         metrics["best_fvd"] = min(r.best_fvd for r in finished)
     parent.log_metrics(metrics, step=0)
-    parent.set_tags({f"vidgan.trials.{s}": str(sum(r.status == s for r in rows))
-                     for s in ("completed", "stopped_by_asha", "failed", "diverged")})
+    parent.set_tags({f"vidgan.trials.{s}": str(sum(r.status == s for r in rows)) for s in report.TRIAL_ENDS})
     parent.finish("FINISHED")
     return SweepOutcome(
         name=ctx.sweep, path=exp_path, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,

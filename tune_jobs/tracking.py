@@ -12,12 +12,18 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tune_jobs.spec import SweepSpec, Trial
 
 T = TypeVar("T")
 
@@ -26,7 +32,7 @@ TAG_KIND = "vidgan.kind"
 TAG_TRIAL = "vidgan.trial_id"
 TAG_VARIANT = "vidgan.variant"
 TAG_DATASET = "vidgan.dataset"
-TAG_END = "vidgan.end"  # completed / stopped_by_asha / failed / diverged
+TAG_END = "vidgan.end"  # a report.TrialEnd
 TAG_REASON = "vidgan.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
 
@@ -185,6 +191,84 @@ def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, An
     return {r.data.tags.get(TAG_TRIAL): r for r in runs}
 
 
-def log_files(tracker: Tracker, files: Iterable[Path], artifact_path: str | None = None) -> None:
-    for f in files:
-        tracker.log_artifact(f, artifact_path)
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares (passed with ``tune.with_parameters``)."""
+
+    spec: SweepSpec
+    sweep: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+class TrialLogger:
+    """Where a trial's results go, with one :meth:`report` per evaluation: its nested MLflow run (params,
+    metrics, sample videos, FVD curve) and its Prometheus gauges.
+
+    Opening it finds or creates the trial's run (a restarted trial continues its own run) and refuses to
+    restart a trial that diverged before.
+    """
+
+    def __init__(self, ctx: SweepContext, trial: Trial, trial_id: str) -> None:
+        from tune_jobs.metrics import TrialMetrics
+
+        self.ctx, self.trial = ctx, trial
+        self.run_id, _ = find_or_create_trial_run(
+            ctx.tracking_uri,
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            trial_id,
+            run_name=f"{trial.run_name}-{trial_id}",
+            tags={TAG_SWEEP: ctx.sweep, TAG_VARIANT: trial.variant_name, TAG_DATASET: trial.dataset.name},
+        )
+        self.tracker = Tracker(ctx.tracking_uri, self.run_id)
+        previous = self.tracker.client.get_run(self.run_id).data.tags
+        if previous.get(TAG_END) == "diverged":  # a restart of a diverged trial: fail again at once
+            raise RuntimeError(f"trial {trial_id} diverged earlier: {previous.get(TAG_REASON)}")
+        spec = ctx.spec
+        self.tracker.log_params(
+            {
+                "variant": trial.variant_name,
+                "dataset": trial.dataset.name,
+                "dataset_path": trial.dataset.path,
+                "seed": trial.seed,
+                "model": spec.model.model_dump(),
+                "loss": trial.variant.model_dump(),
+                "train": trial.train_config.model_dump(),
+                "eval": spec.eval.model_dump(),
+                "resources": spec.resources.model_dump(),
+            }
+        )
+        self.gauges = TrialMetrics(ctx.sweep, trial_id, trial.variant_name)
+
+    def report(
+        self, result: dict[str, float], history: list[dict[str, float]], samples: np.ndarray | None, folder: Path
+    ) -> None:
+        """Log one evaluation: metrics at step ``result["iteration"]``, gauges, the sample grid (uint8 clips
+        [N, T, H, W, 3], as GIF and MP4) and the curve of the sweep's metric so far (files go to ``folder``)."""
+        from tune_jobs.report import plot_curves
+
+        step = int(result["iteration"])
+        self.gauges.record(**{k: result[k] for k in self.gauges.KEYS if k in result})
+        self.tracker.log_metrics(result, step=step)
+        if samples is not None and len(samples):
+            from vidgan.video import tile, write_video
+
+            grid = tile(samples)
+            for suffix in (".gif", ".mp4"):
+                self.tracker.log_artifact(write_video(grid, folder / f"samples_{step:07d}{suffix}"), "samples")
+        metric = self.ctx.spec.eval.metric
+        curve = [(int(h["iteration"]), float(h[metric])) for h in history]
+        self.tracker.log_artifact(plot_curves({self.trial.run_name: curve}, folder / f"{metric}_curve.png", metric))
+
+    def completed(self) -> None:
+        self.tracker.set_tags({TAG_END: "completed"})
+
+    def diverged(self, exc: Exception) -> None:
+        """Mark the run diverged (a restart of this trial then fails at once) and FAILED."""
+        self.tracker.set_tags({TAG_END: "diverged", TAG_REASON: str(exc)})
+        self.tracker.finish("FAILED")
+
+    def finish(self) -> None:
+        self.tracker.finish("FINISHED")

@@ -21,14 +21,18 @@ Directories may be local paths or any URI pyarrow's filesystems understand (``s3
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from vidgan.files import join_uri, resolve_fs
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -48,46 +52,74 @@ CLIP_SCHEMA = pa.schema(
 )
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return (filesystem, path) for a local path or a pyarrow filesystem URI."""
-    if "://" in uri:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path.rstrip("/")
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+class ManifestError(ValueError):
+    """A shard directory whose manifest is missing, unreadable or inconsistent; the message names the file."""
 
 
-def join(base: str, name: str) -> str:
-    """Join a directory (local path or URI) and a file name."""
-    return base.rstrip("/") + "/" + name
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard directory as its manifest describes it (read once by :func:`describe`)."""
+
+    uri: str  # as the caller spelled it (path or URI)
+    fs: pafs.FileSystem
+    path: str  # the directory on ``fs``
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    clips: int
+    frames: int
+    height: int
+    width: int
+
+    @property
+    def files(self) -> list[str]:
+        """Full paths (on :attr:`fs`) of the shards, in manifest order."""
+        return [join_uri(self.path, s["file"]) for s in self.manifest["shards"]]
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        return (self.frames, self.height, self.width, 3)
 
 
 def read_manifest(uri: str) -> dict[str, Any]:
-    """Load ``manifest.json`` of a shard directory; a clear error when it is missing."""
-    fs, path = resolve(uri)
-    mpath = join(path, MANIFEST_NAME)
-    info = fs.get_file_info(mpath)
-    if info.type != pafs.FileType.File:
+    """Load ``manifest.json`` of a shard directory (FileNotFoundError when it is missing)."""
+    return describe(uri).manifest
+
+
+def describe(uri: str) -> ShardSet:
+    """Read a shard directory's manifest once: its clip count, clip shape and shard list.
+
+    FileNotFoundError when there is no manifest; :class:`ManifestError` when it is not a valid one.
+    """
+    fs, path = resolve_fs(uri)
+    mpath = join_uri(path, MANIFEST_NAME)
+    if fs.get_file_info(mpath).type != pafs.FileType.File:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in shard directory {uri!r}: run `vidgan ingest` first")
     with fs.open_input_stream(mpath) as f:
-        return json.loads(f.read().decode())
+        raw = f.read()
+    try:
+        manifest = json.loads(raw.decode())
+        shard_list = manifest["shards"]
+        t, h, w, c = (int(v) for v in manifest["clip_shape"])
+        clips = sum(int(s["rows"]) for s in shard_list)
+        if not all(isinstance(s["file"], str) for s in shard_list) or c != 3:
+            raise ValueError("bad shard entry or clip shape")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        detail = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:200]
+        raise ManifestError(f"{join_uri(uri, MANIFEST_NAME)} is not a valid shard manifest ({detail})") from None
+    return ShardSet(uri, fs, path, manifest, hashlib.sha256(raw).hexdigest(), clips, t, h, w)
+
+
+def as_shard_set(dataset: str | ShardSet) -> ShardSet:
+    """``dataset`` itself when already described, else :func:`describe` of it."""
+    return dataset if isinstance(dataset, ShardSet) else describe(dataset)
 
 
 def shard_files(uri: str) -> list[str]:
     """Full paths (for the resolved filesystem) of the shards listed in the manifest, in order."""
-    manifest = read_manifest(uri)
-    _, path = resolve(uri)
-    files = [join(path, s["file"]) for s in manifest["shards"]]
+    files = describe(uri).files
     if not files:
         raise FileNotFoundError(f"shard directory {uri!r} holds no shards (manifest lists none)")
     return files
-
-
-def shard_uris(uri: str) -> list[str]:
-    """Shard locations as the caller spelled the directory (path or URI), for Ray Data."""
-    manifest = read_manifest(uri)
-    return [join(uri, s["file"]) for s in manifest["shards"]]
 
 
 def clips_to_table(
@@ -142,9 +174,10 @@ def iter_clips(uri: str, limit: int | None = None, batch_rows: int = 64) -> Iter
 
     Stops after ``limit`` clips in total when given. Deterministic: the same directory gives the same clips.
     """
-    fs, _ = resolve(uri)
+    shard_set = describe(uri)
+    fs = shard_set.fs
     seen = 0
-    for f in shard_files(uri):
+    for f in shard_set.files:
         pf = pq.ParquetFile(f, filesystem=fs)
         for batch in pf.iter_batches(batch_size=batch_rows):
             clips = table_to_clips(batch)

@@ -35,17 +35,17 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vidgan.config import ModelConfig, TrainConfig
-    from vidgan.data import arrow_clip_batches
-    from vidgan.shards import read_manifest
+    from vidgan.data import arrow_clip_batches, resume_seed
+    from vidgan.shards import ManifestError, describe
     from vidgan.trainer import Trainer
     from vidgan.variants import get_variant
 
     try:
-        manifest = read_manifest(args.data)
-    except FileNotFoundError as e:
+        shard_set = describe(args.data)
+    except (FileNotFoundError, ManifestError) as e:
         print(f"vidgan train: error: {e}", file=sys.stderr)
         return 2
-    t, h, w, _ = manifest["clip_shape"]
+    t, h, w, _ = shard_set.clip_shape
     frames, size = args.frames or t, args.size or h
     if (frames, size) != (t, h) or h != w:
         print(f"vidgan train: error: {args.data} holds {t}x{h}x{w} clips, asked for {frames}x{size}x{size}",
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
     batches = arrow_clip_batches(args.data, trainer.train_cfg.batch_size, flip=True,
-                                 seed=trainer.train_cfg.seed + trainer.iteration)
+                                 seed=resume_seed(trainer.train_cfg.seed, trainer.iteration))
     while trainer.iteration < args.iterations:
         m = trainer.train_iteration(batches)
         if trainer.iteration % max(1, args.log_every) == 0 or trainer.iteration == args.iterations:

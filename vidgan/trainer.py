@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from vidgan.config import ModelConfig, TrainConfig
+from vidgan.files import atomic_write
 from vidgan.losses import drift_penalty, gradient_penalty
 from vidgan.models import Critic, Generator
 from vidgan.variants import Variant
@@ -111,10 +111,10 @@ class Trainer:
         loss = -wasserstein
         zero = torch.zeros((), device=self.device)
         penalty, norms = zero, zero
-        if self.variant.penalty != "none":
+        if self.variant.has_penalty:
             penalty, norms = gradient_penalty(self.critic, real, fake.float(), self.variant, self.rng)
             loss = loss + penalty
-        drift = drift_penalty(d_real, self.variant) if self.variant.drift_weight > 0 else zero
+        drift = drift_penalty(d_real, self.variant) if self.variant.has_drift else zero
         loss = loss + drift
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,21 +219,9 @@ class Trainer:
         random.setstate(_python_state_from_plain(rng["python"]))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        """Write a checkpoint atomically (:func:`vidgan.files.atomic_write`)."""
+        state = self.state_dict()
+        return atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Trainer:

@@ -46,6 +46,16 @@ class Variant(BaseModel):
             raise ValueError(f"variant {self.name!r}: penalty {self.penalty!r} with penalty_weight 0")
         return self
 
+    @property
+    def has_penalty(self) -> bool:
+        """Whether the critic loss has a gradient penalty (so ``penalty_weight`` means something)."""
+        return self.penalty != "none"
+
+    @property
+    def has_drift(self) -> bool:
+        """Whether the critic loss has the drift term (so ``drift_weight`` means something)."""
+        return self.drift_weight > 0
+
 
 PRESETS: dict[str, Variant] = {
     v.name: v

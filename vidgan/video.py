@@ -17,6 +17,18 @@ def to_uint8_clips(videos: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
+def sample_clips(generator: torch.nn.Module, z: torch.Tensor) -> np.ndarray:
+    """uint8 clips [N, T, H, W, 3] the generator makes from latents ``z`` (its train/eval mode is kept)."""
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    try:
+        with torch.inference_mode():
+            return to_uint8_clips(generator(z.to(device)))
+    finally:
+        generator.train(was_training)
+
+
 def tile(clips: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
     """uint8 clips [N, T, H, W, 3] -> one video [T, rows*(H+pad)-pad, cols*(W+pad)-pad, 3] (grey gaps)."""
     n, t, h, w, c = clips.shape

