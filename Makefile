@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   - create .venv, install, ingest the sample videos, run the demo sweep
-#   make test   - create .venv, install, run the whole test suite
+#   make test   - create .venv, install, lint (ruff check) and run the whole test suite
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/vidgan demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=12
 
 # Local rehearsal of the cluster path: fake multi-node Ray with fake GPU workers, `ray job submit`.
