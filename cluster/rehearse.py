@@ -2,15 +2,16 @@
 
     python cluster/rehearse.py            # or: make rehearse
 
-1. starts a Ray head on this machine with the ``fake_multinode`` provider (cluster/fake_multinode.yaml):
-   token authentication on (a throw-away token in a scratch folder), everything on 127.0.0.1 and
-   on non-default ports, its own --temp-dir, no CPUs or GPUs on the head (like cluster.yaml);
-2. submits the rehearsal sweep (tune_jobs/rehearsal.yaml: fractional-GPU trials) with
-   ``ray job submit --working-dir .``: ``vidgan sweep`` when the sweep service is installed,
-   otherwise a built-in miniature Tune sweep with the same resources (``--sweep builtin``);
-3. while it runs, prints the worker nodes the autoscaler adds and on which node each trial runs;
-4. fetches the job's status and logs with ``ray job status`` / ``ray job logs``;
-5. tears down every process it started (found by a marker in their environment; never
+1. ``start_cluster`` starts a Ray head on this machine with the ``fake_multinode`` provider
+   (cluster/fake_multinode.yaml): token authentication on (a throw-away token in a scratch folder),
+   everything on 127.0.0.1 and on non-default ports, its own --temp-dir, no CPUs or GPUs on the head
+   (like cluster.yaml);
+2. ``submit_sweep`` submits the rehearsal sweep (tune_jobs/rehearsal.yaml: fractional-GPU trials)
+   with ``ray job submit --working-dir .`` as ``vidgan sweep <spec> --address auto``;
+3. ``watch_job``, while it runs, prints the worker nodes the autoscaler adds and on which node each
+   trial runs;
+4. ``collect_results`` fetches the job's status and logs with ``ray job status`` / ``ray job logs``;
+5. ``teardown`` stops every process it started (found by a marker in their environment; never
    ``ray stop``, which would kill other Ray clusters on the machine) and removes the scratch folder.
 
 Exit status 0 when the job succeeded, at least one worker node was added, and every trial ran on
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,6 @@ def log(msg: str) -> None:
 def ray_bin() -> str:
     here = Path(sys.executable).parent / "ray"
     return str(here) if here.exists() else "ray"
-
-
-def sweep_available() -> bool:
-    """The sweep service (`vidgan sweep`) is there when tune_jobs/cli.py is."""
-    return (REPO / "tune_jobs" / "cli.py").exists()
 
 
 def write_spec(scratch: Path) -> Path:
@@ -149,19 +146,38 @@ def trial_actors(dashboard: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def rehearse(args: argparse.Namespace) -> dict[str, Any]:
-    scratch = Path(tempfile.mkdtemp(prefix="vgr-", dir="/tmp"))  # short: Ray's socket paths must fit
-    summary: dict[str, Any] = {"scratch": str(scratch), "ok": False}
+@dataclass
+class Cluster:
+    """The fake cluster this rehearsal started: its scratch folder, environment and addresses."""
+
+    scratch: Path
+    env: dict[str, str]
+    gcs_port: int
+    dashboard: str = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    ray: str = field(default_factory=ray_bin)
+    t0: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Watch:
+    """What polling the job saw: its last status, the head, the worker nodes added, the trial actors."""
+
+    status: str = "PENDING"
+    head_ids: set[str] = field(default_factory=set)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def write_token(scratch: Path) -> Path:
+    """A throw-away auth token for this rehearsal only."""
     token_path = scratch / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
+    return token_path
 
-    config = yaml.safe_load(FAKE_CONFIG.read_text())
-    gcs_address = config["provider"]["gcs_address"]
-    gcs_port = int(gcs_address.rsplit(":", 1)[1])
-    autoscaling_config = scratch / "autoscaling.yaml"
-    autoscaling_config.write_text(yaml.safe_dump(config, sort_keys=False))
 
+def cluster_env(scratch: Path, token_path: Path) -> dict[str, str]:
+    """Environment of every process the rehearsal starts: marker, token auth, fast fake autoscaler."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update(
@@ -178,113 +194,155 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         }
     )
-    # The state API below runs in this process: same token, same cluster.
+    return env
+
+
+def start_cluster(scratch: Path) -> Cluster:
+    """`ray start --head` with the fake_multinode autoscaler, token auth, 127.0.0.1 and own ports."""
+    token_path = write_token(scratch)
+    config = yaml.safe_load(FAKE_CONFIG.read_text())
+    gcs_address = config["provider"]["gcs_address"]
+    autoscaling_config = scratch / "autoscaling.yaml"
+    autoscaling_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    cluster = Cluster(scratch, cluster_env(scratch, token_path), int(gcs_address.rsplit(":", 1)[1]))
+    # The state API (watch_job) runs in this process: same token, same cluster.
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
-    dashboard = f"http://127.0.0.1:{DASHBOARD_PORT}"
-    ray = ray_bin()
-    use_vidgan = args.sweep == "vidgan" or (args.sweep == "auto" and sweep_available())
-    summary["sweep"] = "vidgan" if use_vidgan else "builtin"
+    log(f"starting fake cluster head (GCS {gcs_address}, dashboard {cluster.dashboard}, scratch {scratch})")
+    out = run(
+        [
+            cluster.ray, "start", "--head",
+            f"--port={cluster.gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={DASHBOARD_PORT}",
+            f"--dashboard-agent-listen-port={AGENT_PORT}",
+            f"--metrics-export-port={METRICS_PORT}",
+            f"--ray-client-server-port={CLIENT_PORT}",
+            f"--temp-dir={scratch / 'ray'}",
+            f"--autoscaling-config={autoscaling_config}",
+            "--num-cpus=0", "--num-gpus=0",
+            "--disable-usage-stats",
+        ],
+        cluster.env, timeout=180,
+    )  # fmt: skip
+    log("head started")
+    print(out[-600:], flush=True)
+    return cluster
+
+
+def submit_sweep(cluster: Cluster) -> str:
+    """`ray job submit --working-dir . -- vidgan sweep <spec>`; returns the submission id."""
+    spec = write_spec(cluster.scratch)
+    entrypoint = ["vidgan", "sweep", str(spec), "--address", "auto"]
+    submission_id = f"vidgan-rehearsal-{int(time.time())}"
+    log(f"ray job submit: {' '.join(entrypoint)}")
+    out = run(
+        [cluster.ray, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+         "--submission-id", submission_id, "--no-wait", "--", *entrypoint],
+        cluster.env, timeout=180,
+    )  # fmt: skip
+    print(out[-800:], flush=True)
+    return submission_id
+
+
+def note_nodes(watch: Watch, nodes: dict[str, dict[str, Any]], t0: float) -> None:
+    """Remember the head and log each worker node the autoscaler adds (with its time since start)."""
+    for node_id, node in nodes.items():
+        if node["is_head"]:
+            watch.head_ids.add(node_id)
+        elif node_id not in watch.workers:
+            node["added_after_s"] = round(time.monotonic() - t0, 1)
+            watch.workers[node_id] = node
+            log(f"autoscaler added worker node {node_id[-8:]}: {node['resources']}")
+
+
+def note_trials(watch: Watch, nodes: dict[str, dict[str, Any]], actors: dict[str, dict[str, Any]]) -> None:
+    """Remember each trial actor and log the node it is placed on, once."""
+    for actor_id, actor in actors.items():
+        known = watch.trials.setdefault(actor_id, actor)
+        if actor["node_id"] and not known.get("placed"):
+            known.update(actor, placed=True)
+            where = "HEAD" if actor["node_id"] in watch.head_ids else "worker"
+            log(f"trial actor {actor_id[:8]} placed on {where} node {actor['node_id'][-8:]} "
+                f"(pid {actor['pid']}, {nodes.get(actor['node_id'], {}).get('resources', {})})")  # fmt: skip
+
+
+def watch_job(cluster: Cluster, submission_id: str, timeout: float, poll: float) -> Watch:
+    """Poll the job until it ends (or `timeout`), noting worker nodes and where trials run."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard)
+    watch = Watch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        watch.status = str(client.get_job_status(submission_id).value)
+        try:
+            nodes = node_table(cluster.dashboard)
+            actors = trial_actors(cluster.dashboard)
+        except Exception as exc:  # the state API can be briefly unavailable while nodes join
+            log(f"state API: {exc!r}")
+            nodes, actors = {}, {}
+        note_nodes(watch, nodes, cluster.t0)
+        note_trials(watch, nodes, actors)
+        if watch.status in TERMINAL:
+            break
+        time.sleep(poll)
+    log(f"job {submission_id} finished polling with status {watch.status}")
+    return watch
+
+
+def autoscaler_events(scratch: Path) -> list[str]:
+    """Lines of the autoscaler's monitor.log that add or launch nodes."""
+    monitor_log = next((scratch / "ray").glob("session_*/logs/monitor.log"), None)
+    if monitor_log is None:
+        return []
+    return [ln for ln in monitor_log.read_text().splitlines() if "Adding" in ln or "launching" in ln.lower()]
+
+
+def collect_results(cluster: Cluster, submission_id: str, watch: Watch) -> dict[str, Any]:
+    """`ray status`, `ray job status`, `ray job logs` and autoscaler events; prints them; judges ok."""
+    ray, env, dashboard = cluster.ray, cluster.env, cluster.dashboard
+    result: dict[str, Any] = {
+        "ray_status": run([ray, "status", f"--address=127.0.0.1:{cluster.gcs_port}"], env, check=False),
+        "job_status_cli": run([ray, "job", "status", "--address", dashboard, submission_id], env, check=False),
+    }
+    logs = run([ray, "job", "logs", "--address", dashboard, submission_id], env, check=False)
+    trials = [
+        {**a, "on_worker": a["node_id"] not in watch.head_ids and a["node_id"] in watch.workers}
+        for a in watch.trials.values()
+    ]
+    result.update(
+        job_logs_tail=logs[-6000:],
+        autoscaler_events=autoscaler_events(cluster.scratch),
+        job_status=watch.status,
+        worker_nodes_added=list(watch.workers.values()),
+        trials=trials,
+        ok=(
+            watch.status == "SUCCEEDED"
+            and len(watch.workers) >= 1
+            and len(watch.trials) >= 1
+            and all(t["on_worker"] for t in trials if t.get("placed"))
+            and any(t.get("placed") for t in trials)
+        ),
+    )
+    print("---- ray status ----\n" + result["ray_status"][-2500:], flush=True)
+    print("---- ray job status ----\n" + result["job_status_cli"][-800:], flush=True)
+    print("---- ray job logs (tail) ----\n" + logs[-4000:], flush=True)
+    print("---- autoscaler events ----\n" + "\n".join(result["autoscaler_events"][-20:]), flush=True)
+    return result
+
+
+def rehearse(args: argparse.Namespace) -> dict[str, Any]:
+    """Start, submit, watch, collect; always tear down. Returns the summary."""
+    scratch = Path(tempfile.mkdtemp(prefix="vgr-", dir="/tmp"))  # short: Ray's socket paths must fit
+    summary: dict[str, Any] = {"scratch": str(scratch), "ok": False}
     t0 = time.monotonic()
     try:
-        log(f"starting fake cluster head (GCS {gcs_address}, dashboard {dashboard}, scratch {scratch})")
-        out = run(
-            [
-                ray, "start", "--head",
-                f"--port={gcs_port}",
-                "--node-ip-address=127.0.0.1",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={DASHBOARD_PORT}",
-                f"--dashboard-agent-listen-port={AGENT_PORT}",
-                f"--metrics-export-port={METRICS_PORT}",
-                f"--ray-client-server-port={CLIENT_PORT}",
-                f"--temp-dir={scratch / 'ray'}",
-                f"--autoscaling-config={autoscaling_config}",
-                "--num-cpus=0", "--num-gpus=0",
-                "--disable-usage-stats",
-            ],
-            env, timeout=180,
-        )  # fmt: skip
-        log("head started")
-        print(out[-600:], flush=True)
-
-        spec = write_spec(scratch)
-        if use_vidgan:
-            entrypoint = ["vidgan", "sweep", str(spec), "--address", "auto"]
-        else:
-            entrypoint = ["python", "cluster/rehearse.py", "--builtin-sweep", str(spec)]
-        submission_id = f"vidgan-rehearsal-{int(time.time())}"
-        log(f"ray job submit ({summary['sweep']} sweep): {' '.join(entrypoint)}")
-        out = run(
-            [ray, "job", "submit", "--address", dashboard, "--working-dir", ".",
-             "--submission-id", submission_id, "--no-wait", "--", *entrypoint],
-            env, timeout=180,
-        )  # fmt: skip
-        print(out[-800:], flush=True)
-        summary["submission_id"] = submission_id
-
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(dashboard)
-        head_ids: set[str] = set()
-        workers_seen: dict[str, dict[str, Any]] = {}
-        trials_seen: dict[str, dict[str, Any]] = {}
-        status = "PENDING"
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            status = str(client.get_job_status(submission_id).value)
-            try:
-                nodes = node_table(dashboard)
-                actors = trial_actors(dashboard)
-            except Exception as exc:  # the state API can be briefly unavailable while nodes join
-                log(f"state API: {exc!r}")
-                nodes, actors = {}, {}
-            for node_id, node in nodes.items():
-                if node["is_head"]:
-                    head_ids.add(node_id)
-                elif node_id not in workers_seen:
-                    node["added_after_s"] = round(time.monotonic() - t0, 1)
-                    workers_seen[node_id] = node
-                    log(f"autoscaler added worker node {node_id[-8:]}: {node['resources']}")
-            for actor_id, actor in actors.items():
-                known = trials_seen.setdefault(actor_id, actor)
-                if actor["node_id"] and not known.get("placed"):
-                    known.update(actor, placed=True)
-                    where = "HEAD" if actor["node_id"] in head_ids else "worker"
-                    log(f"trial actor {actor_id[:8]} placed on {where} node {actor['node_id'][-8:]} "
-                        f"(pid {actor['pid']}, {nodes.get(actor['node_id'], {}).get('resources', {})})")  # fmt: skip
-            if status in TERMINAL:
-                break
-            time.sleep(args.poll)
-        log(f"job {submission_id} finished polling with status {status}")
-
-        summary["ray_status"] = run([ray, "status", f"--address=127.0.0.1:{gcs_port}"], env, check=False)
-        summary["job_status_cli"] = run([ray, "job", "status", "--address", dashboard, submission_id], env, check=False)
-        logs = run([ray, "job", "logs", "--address", dashboard, submission_id], env, check=False)
-        summary["job_logs_tail"] = logs[-6000:]
-        monitor_log = next((scratch / "ray").glob("session_*/logs/monitor.log"), None)
-        summary["autoscaler_events"] = (
-            [ln for ln in monitor_log.read_text().splitlines() if "Adding" in ln or "launching" in ln.lower()]
-            if monitor_log
-            else []
-        )
-        summary["job_status"] = status
-        summary["worker_nodes_added"] = list(workers_seen.values())
-        summary["trials"] = [
-            {**a, "on_worker": a["node_id"] not in head_ids and a["node_id"] in workers_seen}
-            for a in trials_seen.values()
-        ]
-        summary["ok"] = (
-            status == "SUCCEEDED"
-            and len(workers_seen) >= 1
-            and len(trials_seen) >= 1
-            and all(t["on_worker"] for t in summary["trials"] if t.get("placed"))
-            and any(t.get("placed") for t in summary["trials"])
-        )
-        print("---- ray status ----\n" + summary["ray_status"][-2500:], flush=True)
-        print("---- ray job status ----\n" + summary["job_status_cli"][-800:], flush=True)
-        print("---- ray job logs (tail) ----\n" + logs[-4000:], flush=True)
-        print("---- autoscaler events ----\n" + "\n".join(summary["autoscaler_events"][-20:]), flush=True)
+        cluster = start_cluster(scratch)
+        summary["submission_id"] = submission_id = submit_sweep(cluster)
+        watch = watch_job(cluster, submission_id, args.timeout, args.poll)
+        summary.update(collect_results(cluster, submission_id, watch))
     finally:
         summary["leftover_processes"] = teardown(scratch)
         summary["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -293,79 +351,13 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-# --------------------------------------------------------------------------------------------------
-# Built-in miniature sweep: the same cluster path (fractional-GPU Tune trials, metrics, storage on a
-# shared path) for when the sweep service (`vidgan sweep`) is not installed.
-
-
-def builtin_sweep(spec_path: str) -> None:
-    import ray
-    from ray import tune
-
-    from tune_jobs.metrics import TrialMetrics
-
-    spec = yaml.safe_load(Path(spec_path).read_text())
-    res = spec.get("resources", {})
-    max_t = int(spec.get("scheduler", {}).get("max_t", 4))
-
-    def trainable(config: dict[str, Any]) -> None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # fake GPUs: fall back to CPU
-        ctx = ray.get_runtime_context()
-        trial = tune.get_context().get_trial_name()
-        metrics = TrialMetrics(spec["name"], trial, config["variant"])
-        w = torch.randn(64, 64, device=device)
-        for it in range(1, max_t + 1):
-            start = time.perf_counter()
-            for _ in range(20):
-                w = torch.tanh(w @ w.T / 64)
-            dt = time.perf_counter() - start
-            metrics.record(iterations_per_s=20 / dt, clips_per_s=20 * 2 / dt, data_wait_fraction=0.0)
-            tune.report(
-                {
-                    "iteration_": it,
-                    "loss": float(w.abs().mean()),
-                    "device": device,
-                    "node_id": ctx.get_node_id(),
-                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                    "gpu_ids": str(ray.get_gpu_ids()),
-                }
-            )
-
-    ray.init(address="auto")
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)}),
-        param_space={"variant": tune.grid_search(list(spec["variants"]))},
-        tune_config=tune.TuneConfig(metric="loss", mode="min", max_concurrent_trials=spec.get("max_concurrent_trials")),
-        run_config=tune.RunConfig(name=spec["name"], storage_path=spec.get("storage_path"), verbose=1),
-    )
-    results = tuner.fit()
-    for r in results:
-        m = r.metrics or {}
-        print(
-            f"trial {m.get('trial_id')} variant={r.config['variant']} node={str(m.get('node_id'))[-8:]} "
-            f"device={m.get('device')} CUDA_VISIBLE_DEVICES={m.get('cuda_visible_devices')!r} "
-            f"gpu_ids={m.get('gpu_ids')} iterations={m.get('training_iteration')} error={r.error}",
-            flush=True,
-        )
-    if results.errors:
-        raise SystemExit(f"{len(results.errors)} trial(s) failed")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sweep", choices=["auto", "vidgan", "builtin"], default="auto",
-                   help="auto: `vidgan sweep` if the sweep service is installed, else the built-in one")  # fmt: skip
     p.add_argument("--timeout", type=float, default=480, help="seconds to wait for the job")
     p.add_argument("--poll", type=float, default=3.0, help="seconds between status polls")
     p.add_argument("--json", type=Path, help="write the summary here")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (Ray logs)")
-    p.add_argument("--builtin-sweep", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.builtin_sweep:
-        builtin_sweep(args.builtin_sweep)
-        return 0
     summary = rehearse(args)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))
