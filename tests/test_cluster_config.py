@@ -102,6 +102,7 @@ def test_image_matches_installed_ray() -> None:
     assert docker["head_image"] == f"rayproject/ray:{ray.__version__}-py311-cpu"
     setup = " ".join(load(CLUSTER_YAML)["setup_commands"])
     assert "pip install" in setup and "~/vidgan" in setup
+    assert "vidgan[sweep" in setup and "-c ~/vidgan/constraints.txt" in setup  # Tune/MLflow are in the extra
 
 
 def test_secure_defaults(prepared: dict[str, Any]) -> None:
