@@ -54,13 +54,16 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import shards
+    from ..progress import progress
     from . import distance, stats
     from .evaluator import FVDEvaluator
     from .features import extract_features, load_i3d
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     real_uri = args.stats or args.real
-    real = stats.real_features(real_uri, args.n, args.frames, device, args.batch_size, args.weights)
+    with progress(total=args.n, desc="real I3D features", unit="clip") as bar:
+        real = stats.real_features(real_uri, args.n, args.frames, device, args.batch_size, args.weights,
+                                   on_clips=bar.update)
     if args.stats:
         where = stats.stats_location(real_uri, args.n, args.frames)
         print(f"real features of {args.n} clips x {args.frames} frames cached at {where}")
@@ -69,7 +72,8 @@ def _run(args: argparse.Namespace) -> int:
         stats.check_request(args.fake, args.n, args.frames)
         model = load_i3d(device, args.weights)
         clips = (c[:, : args.frames] for c in shards.iter_clips(args.fake, limit=args.n))
-        fake = extract_features(model, clips, args.batch_size)
+        with progress(total=args.n, desc="fake I3D features", unit="clip") as bar:
+            fake = extract_features(model, clips, args.batch_size, on_batch=bar.update)
         value, stderr = distance.kvd(real, fake)
         result: dict[str, Any] = {
             "fvd": distance.frechet_distance(real, fake),

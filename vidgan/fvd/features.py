@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -36,11 +36,13 @@ def extract_features(
     model: I3D,
     clips: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray],
     batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """I3D features ``[N, 400]`` float64 of many clips, ``batch_size`` clips at a time on the model's device.
 
     ``clips``: uint8 ``[N, T, H, W, 3]`` (0..255) or generator output, float ``[N, 3, T, H, W]`` in [-1, 1]
     (tensor or numpy array), or an iterable of such batches (e.g. :func:`vidgan.shards.iter_clips`).
+    ``on_batch(n)`` is called after each batch of ``n`` clips (for a progress bar).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -51,6 +53,8 @@ def extract_features(
             batch = torch.from_numpy(batch if ok else np.array(batch))
         t = batch
         out.append(model.features(t).to("cpu", torch.float64).numpy())
+        if on_batch is not None:
+            on_batch(len(t))
     if not out:
         return np.zeros((0, NUM_CLASSES), np.float64)
     return np.concatenate(out)

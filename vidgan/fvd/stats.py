@@ -125,9 +125,11 @@ def real_features(
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     weights_path: str | os.PathLike[str] | None = None,
+    on_clips: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """I3D features ``[n, 400]`` (float64) of the first ``n`` clips of a shard directory, first ``frames``
-    frames of each; computed once and cached next to the dataset (see the module docstring)."""
+    frames of each; computed once and cached next to the dataset (see the module docstring).
+    ``on_clips(k)`` is called as each batch of ``k`` clips is done (not at all when the cache answers)."""
     shard_set = shards.describe(shards_uri)
     check_request(shard_set, n, frames)
     fs = shard_set.fs
@@ -141,9 +143,10 @@ def real_features(
     }
 
     def compute() -> dict[str, np.ndarray]:
+        shards.verify(shard_set)  # the statistics are keyed on this manifest, which lists the verified sha256s
         model = load_i3d(device, weights_path)
-        clips = (c[:, :frames] for c in shards.iter_clips(shards_uri, limit=n))
-        feats = extract_features(model, clips, batch_size)
+        clips = (c[:, :frames] for c in shards.iter_clips(shard_set, limit=n))
+        feats = extract_features(model, clips, batch_size, on_batch=on_clips)
         mu, sigma = feature_stats(feats)
         return {"features": feats, "mu": mu, "sigma": sigma, "meta": np.array(json.dumps(meta, sort_keys=True))}
 

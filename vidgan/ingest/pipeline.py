@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vidgan.progress import progress
 from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION
 
 from .config import IngestConfig
@@ -143,8 +144,12 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     use_ray, started = _use_ray(cfg, len(todo))
     try:
         results = _decode_ray(todo, cfg) if use_ray else _decode_local(todo, cfg)
-        for i, d in enumerate(results, 1):
+        bar = progress(results, total=len(todo), desc="ingest", unit="video")
+        clips = 0
+        for i, d in enumerate(bar, 1):
             writer.add(d)
+            clips += 0 if d.error else d.n_clips
+            bar.set_postfix(clips=clips, refresh=False)
             if d.error:
                 log.info("[%d/%d] skipped %s: %s", i, len(todo), d.source.key, d.error)
             else:
