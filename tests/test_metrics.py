@@ -74,7 +74,18 @@ def test_trial_metrics_without_ray_is_a_noop() -> None:
     metrics = TrialMetrics("s", "t", "gp")
     assert not metrics.enabled
     metrics.record(fvd=1.0, kvd=None)  # no error outside Ray
+    metrics.count(iterations=1, clips=8)
     assert len(METRIC_NAMES) == 6
+    # iterations and clips are counters (Grafana takes rate() of them), exported with Prometheus' _total suffix
+    assert {"ray_vidgan_trial_iterations_total", "ray_vidgan_trial_clips_total"} <= set(EXPORTED_METRIC_NAMES)
+    assert not any("per_second" in n for n in EXPORTED_METRIC_NAMES)
+
+
+def test_dashboard_takes_rates_of_the_counters() -> None:
+    exprs = _exprs(json.loads(DASHBOARD.read_text()))
+    for counter in ("ray_vidgan_trial_iterations_total", "ray_vidgan_trial_clips_total"):
+        panels = [e for e in exprs if counter in e and "label_values" not in e]
+        assert panels and all(e.startswith(f"rate({counter}") for e in panels), panels
 
 
 def _free_port() -> int:
@@ -127,9 +138,8 @@ def test_every_dashboard_metric_is_exported(metrics_ray: str, tmp_path: Path) ->
         seen: set[str] = set()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
+            metrics.count(iterations=1, clips=4)
             metrics.record(
-                iterations_per_s=3.0,
-                clips_per_s=12.0,
                 data_wait_fraction=0.25,
                 fvd=321.0,
                 kvd=0.5,
@@ -144,7 +154,9 @@ def test_every_dashboard_metric_is_exported(metrics_ray: str, tmp_path: Path) ->
                 break
             time.sleep(1.0)
         fvd = [ln for ln in text.splitlines() if ln.startswith("ray_vidgan_trial_fvd{")]
-        tune.report({"done": 1, "seen": " ".join(sorted(seen)), "fvd_line": fvd[0] if fvd else ""})
+        its = [ln for ln in text.splitlines() if ln.startswith("ray_vidgan_trial_iterations_total{")]
+        tune.report({"done": 1, "seen": " ".join(sorted(seen)), "fvd_line": fvd[0] if fvd else "",
+                     "iterations_line": its[0] if its else ""})
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
@@ -160,3 +172,6 @@ def test_every_dashboard_metric_is_exported(metrics_ray: str, tmp_path: Path) ->
     fvd_line = results[0].metrics["fvd_line"]
     assert 'sweep="test-sweep"' in fvd_line and 'variant="gp"' in fvd_line and 'trial="' in fvd_line
     assert fvd_line.rsplit(" ", 1)[1] == "321.0"
+    # the counter is exported as a counter that only grows (one iteration counted per loop above)
+    iterations_line = results[0].metrics["iterations_line"]
+    assert 'sweep="test-sweep"' in iterations_line and float(iterations_line.rsplit(" ", 1)[1]) >= 1

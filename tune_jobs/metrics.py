@@ -1,13 +1,15 @@
 """Prometheus metrics a trial exports through ``ray.util.metrics``.
 
-Each trial creates one :class:`TrialMetrics` and calls :meth:`TrialMetrics.record` after every
-reported iteration. The gauges are served by the metrics agent of the node the trial runs on
-(``ray start --metrics-export-port``) and scraped by the Prometheus that Ray's own dashboards use;
-``dashboards/vidgan-sweeps.json`` plots them per trial.
+Each trial creates one :class:`TrialMetrics`, calls :meth:`TrialMetrics.count` after every training
+iteration (counters of iterations and clips, which Grafana turns into rates with ``rate()``) and
+:meth:`TrialMetrics.record` at every evaluation (gauges: FVD, KVD, data wait, GPU memory). They are
+served by the metrics agent of the node the trial runs on (``ray start --metrics-export-port``) and
+scraped by the Prometheus that Ray's own dashboards use; ``dashboards/vidgan-sweeps.json`` plots them per trial.
 
 Ray prefixes every application metric with ``ray_`` when it exports it, so the gauge
-``vidgan_trial_fvd`` is scraped as ``ray_vidgan_trial_fvd``. :data:`EXPORTED_METRIC_NAMES` holds the
-exported names; the dashboard and ``tests/test_metrics.py`` rely on them.
+``vidgan_trial_fvd`` is scraped as ``ray_vidgan_trial_fvd``, and a counter also gets Prometheus' ``_total``
+suffix: ``vidgan_trial_iterations`` is ``ray_vidgan_trial_iterations_total``. :data:`EXPORTED_METRIC_NAMES`
+holds the exported names; the dashboard and ``tests/test_metrics.py`` rely on them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ TAG_KEYS: tuple[str, ...] = ("sweep", "trial", "variant")
 
 #: record() keyword -> (gauge name as created, description)
 _GAUGES: dict[str, tuple[str, str]] = {
-    "iterations_per_s": ("vidgan_trial_iterations_per_second", "Generator iterations per second"),
-    "clips_per_s": ("vidgan_trial_clips_per_second", "Real training clips consumed per second"),
     "data_wait_fraction": (
         "vidgan_trial_data_wait_fraction",
         "Fraction of wall time the trainer waited for input clips (0..1)",
@@ -30,18 +30,29 @@ _GAUGES: dict[str, tuple[str, str]] = {
     "gpu_memory_bytes": ("vidgan_trial_gpu_memory_bytes", "GPU memory allocated by the trial, bytes"),
 }
 
-#: gauge names as created with ray.util.metrics
-METRIC_NAMES: tuple[str, ...] = tuple(name for name, _ in _GAUGES.values())
+#: count() keyword -> (counter name as created, description)
+_COUNTERS: dict[str, tuple[str, str]] = {
+    "iterations": ("vidgan_trial_iterations", "Generator iterations trained (rate(): iterations per second)"),
+    "clips": ("vidgan_trial_clips", "Real training clips consumed (rate(): clips per second)"),
+}
 
-#: prefix Ray adds when exporting application metrics to Prometheus
+#: gauge and counter names as created with ray.util.metrics
+GAUGE_NAMES: tuple[str, ...] = tuple(name for name, _ in _GAUGES.values())
+COUNTER_NAMES: tuple[str, ...] = tuple(name for name, _ in _COUNTERS.values())
+METRIC_NAMES: tuple[str, ...] = GAUGE_NAMES + COUNTER_NAMES
+
+#: prefix Ray adds when exporting application metrics to Prometheus; counters also get a suffix
 EXPORT_PREFIX = "ray_"
+COUNTER_SUFFIX = "_total"
 
 #: names as they appear on the Prometheus endpoint (and in the Grafana dashboard)
-EXPORTED_METRIC_NAMES: tuple[str, ...] = tuple(EXPORT_PREFIX + name for name in METRIC_NAMES)
+EXPORTED_METRIC_NAMES: tuple[str, ...] = tuple(EXPORT_PREFIX + name for name in GAUGE_NAMES) + tuple(
+    EXPORT_PREFIX + name + COUNTER_SUFFIX for name in COUNTER_NAMES
+)
 
 
 class TrialMetrics:
-    """Gauges of one trial, tagged by sweep, trial and variant.
+    """Counters and gauges of one trial, tagged by sweep, trial and variant.
 
     ``ray.util.metrics`` is imported here, not at module import, so that importing this module
     costs nothing outside Ray. Outside a Ray worker (no ``ray.init``) recording is a no-op.
@@ -53,9 +64,10 @@ class TrialMetrics:
     def __init__(self, sweep: str, trial: str, variant: str) -> None:
         self.tags: dict[str, str] = {"sweep": str(sweep), "trial": str(trial), "variant": str(variant)}
         self._gauges: dict[str, Any] = {}
+        self._counters: dict[str, Any] = {}
         try:
             import ray
-            from ray.util.metrics import Gauge
+            from ray.util.metrics import Counter, Gauge
         except ImportError:  # pragma: no cover - ray is a hard dependency
             return
         if not ray.is_initialized():
@@ -64,16 +76,27 @@ class TrialMetrics:
             gauge = Gauge(name, description=description, tag_keys=TAG_KEYS)
             gauge.set_default_tags(self.tags)
             self._gauges[key] = gauge
+        for key, (name, description) in _COUNTERS.items():
+            counter = Counter(name, description=description, tag_keys=TAG_KEYS)
+            counter.set_default_tags(self.tags)
+            self._counters[key] = counter
 
     @property
     def enabled(self) -> bool:
         return bool(self._gauges)
 
+    def count(self, *, iterations: int = 1, clips: int = 0) -> None:
+        """Add one training iteration's worth (or more) to the counters."""
+        if not self._counters:
+            return
+        if iterations:
+            self._counters["iterations"].inc(float(iterations))
+        if clips:
+            self._counters["clips"].inc(float(clips))
+
     def record(
         self,
         *,
-        iterations_per_s: float | None = None,
-        clips_per_s: float | None = None,
         data_wait_fraction: float | None = None,
         fvd: float | None = None,
         kvd: float | None = None,
@@ -81,8 +104,6 @@ class TrialMetrics:
     ) -> None:
         """Set the gauges whose value is given; ``None`` leaves a gauge at its last value."""
         values = {
-            "iterations_per_s": iterations_per_s,
-            "clips_per_s": clips_per_s,
             "data_wait_fraction": data_wait_fraction,
             "fvd": fvd,
             "kvd": kvd,

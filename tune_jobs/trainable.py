@@ -49,6 +49,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     while trainer.iteration < max_t:
         try:
             window.add(trainer.train_iteration(batches))
+            logger.gauges.count(iterations=1, clips=window.clips_per_iteration)
         except TrainingDiverged as exc:
             logger.diverged(exc)
             raise
