@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from vidgan.shards import ShardSet, describe, table_to_clips
+from vidgan.shards import ShardSet, table_to_clips, verified
 
 if TYPE_CHECKING:
     import torch
@@ -200,7 +200,7 @@ def arrow_clip_batches(
     read_ahead: int = 4,
 ) -> Iterator[torch.Tensor]:
     """Endless ``[B, 3, T, H, W]`` batches read with pyarrow alone (no Ray), row groups read ahead in a thread."""
-    shard_set = describe(uri)
+    shard_set = verified(uri)
     chunks = _arrow_chunks(shard_set, shuffle, seed)
     if read_ahead > 0:
         chunks = _read_ahead(chunks, read_ahead)

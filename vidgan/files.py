@@ -94,6 +94,29 @@ def join_uri(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
+def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """(``uri`` without ``user:password@``, user, password), both unquoted; (uri, None, None) when it has none.
+
+    Credentials in URIs (``http://user:pass@host``, ``s3://key:secret@bucket``) must never be printed or
+    logged: show :func:`redact_uri` of a URI instead.
+    """
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri, None, None
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, sep, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(user), unquote(password) if sep else None
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without its userinfo (``user:password@``), safe to print and log."""
+    return split_userinfo(uri)[0]
+
+
 def atomic_write_fs(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write a file on a pyarrow filesystem whole or not at all (local: :func:`atomic_write`; object stores:
     a temporary name in the same folder, then a move)."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vidgan.data import COLUMNS, batches_from_chunks, epoch_seed
-from vidgan.shards import ShardSet, describe, table_to_clips
+from vidgan.shards import ShardSet, table_to_clips, verified
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +138,6 @@ def ray_clip_batches(
     Starts a local Ray (or joins ``RAY_ADDRESS``) when none is initialised. Inside a Tune trial
     requested with ``tune_jobs.resources.trial_resources``, all of the dataset's tasks run in the trial's data bundle.
     """
-    shard_set = describe(uri)
+    shard_set = verified(uri)
     chunks = _ray_chunks(shard_set, shuffle, seed, prefetch_epochs)
     return batches_from_chunks(shard_set, chunks, batch_size, shuffle, flip, seed, as_float, shuffle_buffer)

@@ -17,6 +17,10 @@ label          string      class label (parent folder name) or null
 
 Directories may be local paths or any URI pyarrow's filesystems understand (``s3://``, ``gs://``,
 ``file://``). Nothing here imports Ray.
+
+Readers take their shards from :func:`verified`: each shard's size and sha256 are checked against the manifest
+before its first use in a process (a flipped byte is a one-line :class:`ShardError` naming the shard, never
+wrong clips or a decoder error), and manifest entries that name a file outside the directory are refused.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from vidgan.files import join_uri, resolve_fs
+from vidgan.files import join_uri, redact_uri, resolve_fs
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -54,6 +58,11 @@ CLIP_SCHEMA = pa.schema(
 
 class ManifestError(ValueError):
     """A shard directory whose manifest is missing, unreadable or inconsistent; the message names the file."""
+
+
+class ShardError(ManifestError):
+    """A shard that is missing, or whose size or sha256 differs from its manifest entry (truncated, corrupt
+    or replaced); the message names the shard."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,20 @@ class ShardSet:
     def clip_shape(self) -> tuple[int, int, int, int]:
         return (self.frames, self.height, self.width, 3)
 
+    def shown(self, name: str = MANIFEST_NAME) -> str:
+        """A file of the directory as the caller spelled the directory, credentials removed (for messages)."""
+        return join_uri(redact_uri(self.uri), name)
+
+
+def check_shard_name(name: object) -> str:
+    """``name`` when it is a plain file name inside the shard directory; ValueError when it could leave it
+    (``..``, an absolute path, any ``/`` or ``\\``) or is not a string."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"shard file name {name!r} is not a file name")
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"shard file name {name!r} leaves the shard directory")
+    return name
+
 
 def read_manifest(uri: str) -> dict[str, Any]:
     """Load ``manifest.json`` of a shard directory (FileNotFoundError when it is missing)."""
@@ -100,13 +123,66 @@ def describe(uri: str) -> ShardSet:
         manifest = json.loads(raw.decode())
         shard_list = manifest["shards"]
         t, h, w, c = (int(v) for v in manifest["clip_shape"])
-        clips = sum(int(s["rows"]) for s in shard_list)
-        if not all(isinstance(s["file"], str) for s in shard_list) or c != 3:
+        rows = [int(s["rows"]) for s in shard_list]
+        clips = sum(rows)
+        for s in shard_list:
+            check_shard_name(s["file"])
+        if c != 3 or min(t, h, w) < 1 or any(r < 0 for r in rows):
             raise ValueError("bad shard entry or clip shape")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        detail = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:200]
-        raise ManifestError(f"{join_uri(uri, MANIFEST_NAME)} is not a valid shard manifest ({detail})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        detail = f"missing key {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0][:200]
+        where = join_uri(redact_uri(uri), MANIFEST_NAME)
+        raise ManifestError(f"{where} is not a valid shard manifest ({detail})") from None
     return ShardSet(uri, fs, path, manifest, hashlib.sha256(raw).hexdigest(), clips, t, h, w)
+
+
+#: shards verified in this process: (filesystem, path, size, mtime_ns, sha256 expected)
+_VERIFIED: set[tuple[str, str, int, int | None, str]] = set()
+
+
+def _sha256_fs(fs: pafs.FileSystem, path: str) -> str:
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(shard_set: ShardSet) -> ShardSet:
+    """Check every shard's size and sha256 against the manifest; return ``shard_set``.
+
+    Hashes each shard once per process: a shard already verified is skipped while its path, size, mtime
+    and expected sha256 are unchanged (any rewrite changes the mtime). Raises :class:`ShardError` naming the
+    first shard that is missing, of another size or of another sha256, and :class:`ManifestError` when the
+    manifest lists no clips or lacks the checksums.
+    """
+    if shard_set.clips == 0:
+        raise ManifestError(f"{shard_set.shown()} lists no clips: nothing to read (did the ingest find any?)")
+    fs = shard_set.fs
+    for entry, path in zip(shard_set.manifest["shards"], shard_set.files, strict=True):
+        shown = shard_set.shown(entry["file"])
+        try:
+            size, digest = int(entry["bytes"]), str(entry["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise ManifestError(f"{shard_set.shown()}: entry {entry['file']} lacks its bytes or sha256") from None
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise ShardError(f"{shown} is missing (listed in the manifest)")
+        if info.size != size:
+            raise ShardError(f"{shown} has {info.size} bytes, the manifest says {size}: truncated or replaced")
+        key = (fs.type_name, path, size, info.mtime_ns, digest)
+        if key in _VERIFIED:
+            continue
+        if _sha256_fs(fs, path) != digest:
+            raise ShardError(f"{shown}: sha256 differs from the manifest: the shard is corrupt or was altered")
+        _VERIFIED.add(key)
+    return shard_set
+
+
+def verified(dataset: str | ShardSet) -> ShardSet:
+    """:func:`describe` a shard directory (or take its ShardSet) and :func:`verify` its shards: what every
+    reader calls before reading clips."""
+    return verify(as_shard_set(dataset))
 
 
 def as_shard_set(dataset: str | ShardSet) -> ShardSet:
@@ -169,12 +245,13 @@ def table_to_clips(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     return data.reshape(n, t, h, w, 3)
 
 
-def iter_clips(uri: str, limit: int | None = None, batch_rows: int = 64) -> Iterator[np.ndarray]:
+def iter_clips(uri: str | ShardSet, limit: int | None = None, batch_rows: int = 64) -> Iterator[np.ndarray]:
     """Yield uint8 arrays [N, T, H, W, 3] from a shard directory in manifest order, without Ray.
 
     Stops after ``limit`` clips in total when given. Deterministic: the same directory gives the same clips.
+    The shards are :func:`verified` before the first clip.
     """
-    shard_set = describe(uri)
+    shard_set = verified(uri)
     fs = shard_set.fs
     seen = 0
     for f in shard_set.files:
