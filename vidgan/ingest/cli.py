@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
         if not sources:
             raise IngestError("no SOURCE given (name files or directories, or pass --sample)")
         manifest = ingest(sources, args.out, cfg)
-    except (IngestError, FileNotFoundError, ValidationError) as e:
-        print(f"vidgan ingest: error: {e}", file=sys.stderr)
-        return 2
+    except (IngestError, ValidationError, OSError) as e:  # OSError: a missing sample, a full or read-only disk
+        from vidgan.errors import fail
+
+        return fail("ingest", e)
     t = manifest["totals"]
     print(json.dumps({"out": args.out, **t}))
     skipped = {k: v["reason"] for k, v in manifest["sources"].items() if v["status"] == "skipped"}

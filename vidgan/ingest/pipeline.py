@@ -12,17 +12,19 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vidgan.files import TMP_SUFFIX, sha256_file
 from vidgan.progress import progress
-from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION
+from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION, check_shard_name
 
 from .config import IngestConfig
 from .decode import Decoded, decode_source
 from .sources import SourceFile, discover
-from .writer import ShardWriter, clean_partial, new_manifest
+from .writer import ShardWriter, clean_partial, new_manifest, write_manifest
 
 log = logging.getLogger("vidgan.ingest")
 
@@ -34,21 +36,53 @@ class IngestError(RuntimeError):
 def _prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TMP_SUFFIX, dir=out)  # never a user's name
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise IngestError(f"output directory {str(out)!r} is not writable: {e.strerror or e}") from e
+
+
+def _shard_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("shard-*.parquet"))
+
+
+def _check_manifest(manifest: Any) -> None:
+    """ValueError naming what makes ``manifest`` unusable for resuming an ingest."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"a manifest is a JSON object, this is a {type(manifest).__name__}")
+    kinds = {"params": dict, "roots": list, "sources": dict, "shards": list, "totals": dict}
+    for key, kind in kinds.items():
+        if not isinstance(manifest.get(key), kind):
+            raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+    for entry in manifest["shards"]:
+        if not isinstance(entry, dict) or not {"file", "rows", "bytes", "sha256"} <= set(entry):
+            raise ValueError(f"shard entry {str(entry)[:80]} lacks file, rows, bytes or sha256")
+        check_shard_name(entry["file"])
+        if not isinstance(entry["bytes"], int):
+            raise ValueError(f"shard entry {entry['file']} has no byte count")
 
 
 def _load_manifest(out: Path, cfg: IngestConfig, roots: list[str]) -> dict[str, Any]:
     path = out / MANIFEST_NAME
     if not path.exists():
+        shards = _shard_files(out)
+        if shards:
+            listed = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
+            raise IngestError(
+                f"{out} holds {listed} but no {MANIFEST_NAME}, so it cannot be resumed; nothing was deleted. "
+                f"Restore its {MANIFEST_NAME}, or pass an empty or new --out"
+            )
         return new_manifest(cfg, roots)
     try:
         manifest = json.loads(path.read_text())
+        _check_manifest(manifest)
     except (OSError, ValueError) as e:
-        raise IngestError(f"cannot read existing {path}: {e}; remove it or use another --out") from e
+        detail = " ".join(str(e).split())[:200]
+        raise IngestError(
+            f"{path} is not a valid shard manifest ({detail}); nothing was changed. Restore it from a copy, "
+            "or ingest into another --out"
+        ) from None
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise IngestError(
             f"{path} has schema version {manifest.get('schema_version')}, this vidgan writes {SCHEMA_VERSION}"
@@ -63,6 +97,52 @@ def _load_manifest(out: Path, cfg: IngestConfig, roots: list[str]) -> dict[str, 
         if r not in manifest["roots"]:
             manifest["roots"].append(r)
     return manifest
+
+
+def _settle(out: Path, manifest: dict[str, Any]) -> str | None:
+    """Check ``out`` against its manifest before resuming; return the name of a shard adopted from an
+    interrupted commit (see :mod:`.writer`), if any.
+
+    Refuses (IngestError, nothing changed) when a listed shard is missing or of another size, or when a
+    ``shard-*.parquet`` file is not listed and is not provably the pending shard of an interrupted run.
+    """
+    damaged = []
+    for entry in manifest["shards"]:
+        p = out / entry["file"]
+        if not p.is_file():
+            damaged.append(f"{entry['file']} is missing")
+        elif p.stat().st_size != entry["bytes"]:
+            damaged.append(f"{entry['file']} has {p.stat().st_size} bytes, the manifest says {entry['bytes']}")
+    if damaged:
+        raise IngestError(
+            f"{out}: {'; '.join(damaged[:5])}{' ...' if len(damaged) > 5 else ''}. The dataset is damaged; nothing "
+            "was changed. Restore the shards from a copy, or ingest into a new --out"
+        )
+    pending = manifest.get("pending")
+    listed = {entry["file"] for entry in manifest["shards"]}
+    unlisted = [n for n in _shard_files(out) if n not in listed]
+    adopt = None
+    if isinstance(pending, dict) and all(isinstance(pending.get(k), dict) for k in ("shard", "sources")):
+        entry = pending["shard"]
+        name = entry.get("file")
+        if name in unlisted and (out / name).stat().st_size == entry.get("bytes") and (
+            sha256_file(out / name) == entry.get("sha256")
+        ):
+            unlisted.remove(name)
+            adopt = name
+    if unlisted:
+        names = ", ".join(unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+        raise IngestError(
+            f"{out} holds {names}, which its {MANIFEST_NAME} does not list (vidgan did not write them into this "
+            f"dataset); nothing was deleted. Move them out of {out}, then run again"
+        )
+    if "pending" in manifest:
+        del manifest["pending"]
+        if adopt:
+            manifest["shards"].append(pending["shard"])
+            manifest["sources"].update(pending["sources"])
+        write_manifest(out, manifest)
+    return adopt
 
 
 def _use_ray(cfg: IngestConfig, n: int) -> tuple[bool, bool]:
@@ -127,9 +207,12 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     _prepare_out(out)
     roots = [os.path.abspath(s) for s in sources]
     manifest = _load_manifest(out, cfg, roots)
-    removed = clean_partial(out, manifest)
+    adopted = _settle(out, manifest)
+    if adopted:
+        log.info("kept %s, written by an interrupted ingest (its size and sha256 match the record)", adopted)
+    removed = clean_partial(out)
     if removed:
-        log.info("removed %d partial file(s) of an interrupted ingest: %s", len(removed), ", ".join(removed))
+        log.info("removed %d temporary file(s) of an interrupted ingest: %s", len(removed), ", ".join(removed))
     writer = ShardWriter(out, cfg, manifest)
     done = set(manifest["sources"])
     todo: list[SourceFile] = []

@@ -2,21 +2,29 @@
 
 A shard is only ever written whole and only with whole sources in it, and the manifest is rewritten
 after every shard: an interrupted ingest leaves complete shards, a manifest that lists exactly the
-sources they hold, and possibly temp or orphan files that the next run removes. Running the same
+sources they hold, and possibly its own temp files, which the next run removes. Running the same
 command again therefore resumes: sources already listed are not decoded again.
+
+Each shard is committed in two manifest writes: first its intent (``pending``: the shard's name, size,
+sha256 and sources), then, once the shard is in place, the manifest listing it. A run killed between the
+two leaves a shard that the next run can prove it wrote (name, size and sha256 as recorded), which it
+then lists instead of decoding its sources again. Nothing else is ever removed: ``vidgan ingest`` deletes
+only its own temporary files (:func:`clean_partial`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidgan.files import atomic_write, atomic_write_bytes, is_own_temp, sha256_file
+from vidgan.files import atomic_write_bytes, is_own_temp
 from vidgan.shards import CLIP_SCHEMA, MANIFEST_NAME, SCHEMA_VERSION, clips_to_table
 
 from .config import IngestConfig
@@ -24,6 +32,7 @@ from .decode import Decoded
 
 SHARD_NAME = "shard-{:05d}.parquet"
 LEGACY_TMP_SUFFIX = ".tmp"  # temp files of vidgan 0.1 ingests (shard-00001.parquet.tmp)
+_LEGACY_TMP = re.compile(r"(shard-\d{5}\.parquet|manifest\.json)" + re.escape(LEGACY_TMP_SUFFIX))
 
 
 def new_manifest(cfg: IngestConfig, roots: list[str]) -> dict[str, Any]:
@@ -56,14 +65,17 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     atomic_write_bytes(out / MANIFEST_NAME, data)
 
 
-def clean_partial(out: Path, manifest: dict[str, Any]) -> list[str]:
-    """Delete temp files and shards the manifest does not list (left by an interrupted run)."""
-    listed = {s["file"] for s in manifest["shards"]}
+def is_ingest_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file of an ingest: :func:`vidgan.files.atomic_write`'s, or one of the
+    exact names vidgan 0.1 used (``shard-00001.parquet.tmp``, ``manifest.json.tmp``); not any ``*.tmp``."""
+    return is_own_temp(name) or _LEGACY_TMP.fullmatch(name) is not None
+
+
+def clean_partial(out: Path) -> list[str]:
+    """Delete the ingest's own temporary files left in ``out`` by an interrupted run; nothing else."""
     removed = []
     for p in out.iterdir():
-        if is_own_temp(p.name) or p.name.endswith(LEGACY_TMP_SUFFIX) or (
-            p.name.startswith("shard-") and p.name not in listed
-        ):
+        if is_ingest_temp(p.name) and p.is_file() and not p.is_symlink():
             p.unlink()
             removed.append(p.name)
     return removed
@@ -107,16 +119,23 @@ class ShardWriter:
         if self.pending:
             name = SHARD_NAME.format(self.next_index)
             self.next_index += 1
-            rows, nbytes, digest = self._write_shard(self.out / name)
-            self.manifest["shards"].append({"file": name, "rows": rows, "bytes": nbytes, "sha256": digest})
+            rows, data = self._encode_shard()
+            entry = {"file": name, "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             for d in self.pending:
                 self.pending_outcomes[d.source.key]["shard"] = name
+            # intent first, so that a run killed before the manifest lists the shard leaves provably our file
+            self.manifest["pending"] = {"shard": entry, "sources": self.pending_outcomes}
+            write_manifest(self.out, self.manifest)
+            atomic_write_bytes(self.out / name, data)
+            del self.manifest["pending"]
+            self.manifest["shards"].append(entry)
         if self.pending_outcomes or self.pending:
             self.manifest["sources"].update(self.pending_outcomes)
             write_manifest(self.out, self.manifest)
         self.pending, self.pending_bytes, self.pending_outcomes = [], 0, {}
 
-    def _write_shard(self, path: Path) -> tuple[int, int, str]:
+    def _encode_shard(self) -> tuple[int, pa.Buffer]:
+        """(rows, Parquet bytes) of the pending clips."""
         cfg = self.cfg
         table = pa.concat_tables(
             clips_to_table(list(d.clips), [d.source.key] * d.n_clips, d.starts, [d.fps] * d.n_clips,
@@ -124,17 +143,15 @@ class ShardWriter:
             for d in self.pending
         )
 
-        def write(f: IO[bytes]) -> None:
-            with pq.ParquetWriter(
-                f,
-                CLIP_SCHEMA,
-                compression=cfg.compression,
-                compression_level=cfg.compression_level,
-                use_dictionary=["source", "label"],
-                write_statistics=["frames", "height", "width", "start_frame", "fps"],
-            ) as writer:
-                writer.write_table(table, row_group_size=cfg.row_group_clips)
-
-        atomic_write(path, write)
-        return table.num_rows, path.stat().st_size, sha256_file(path)
+        sink = pa.BufferOutputStream()
+        with pq.ParquetWriter(
+            sink,
+            CLIP_SCHEMA,
+            compression=cfg.compression,
+            compression_level=cfg.compression_level,
+            use_dictionary=["source", "label"],
+            write_statistics=["frames", "height", "width", "start_frame", "fps"],
+        ) as writer:
+            writer.write_table(table, row_group_size=cfg.row_group_clips)
+        return table.num_rows, sink.getvalue()
 
