@@ -85,5 +85,5 @@ def test_cli_stats_and_fake_shards(shards_dir: str, capsys: pytest.CaptureFixtur
     assert vidgan_main(["fvd", "--real", shards_dir, "--fake", shards_dir, "--json", *common]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == N and abs(result["fvd"]) < 1e-6 and set(result) >= {"kvd", "kvd_stderr"}
-    assert vidgan_main(["fvd", "--real", shards_dir, "--fake", shards_dir, "--n", "99", "--frames", "9"]) == 1
+    assert vidgan_main(["fvd", "--real", shards_dir, "--fake", shards_dir, "--n", "99", "--frames", "9"]) == 2
     assert "fewer than the 99 requested" in capsys.readouterr().err

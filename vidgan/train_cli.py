@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vidgan.trainer import Trainer
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -13,58 +16,110 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Single training run: stream clips from --data with pyarrow "
                               "and train with the core trainer; checkpoint, resume.")
     p.add_argument("--data", required=True, help="shard directory written by `vidgan ingest` (path or URI)")
-    p.add_argument("--variant", default="gp", help="loss variant preset (vidgan.variants)")
+    # None defaults: a flag the user gave is told apart from its default (with --resume, given flags must
+    # agree with the checkpoint); FRESH_DEFAULTS fills them for a new run.
+    p.add_argument("--variant", default=None, help="loss variant preset (vidgan.variants; default gp)")
     p.add_argument("--frames", type=int, default=None, help="clip frames (default: from the manifest)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: from the manifest)")
-    p.add_argument("--width", type=int, default=64, help="base channel width of the networks")
+    p.add_argument("--width", type=int, default=None, help="base channel width of the networks (default 64)")
     p.add_argument("--iterations", type=int, default=100, help="train until this many iterations in total")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--n-critic", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 64)")
+    p.add_argument("--n-critic", type=int, default=None, help="critic updates per iteration (default 5)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the weights, noise and data order (default 0)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: CUDA when present)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file written at the end (and --save-every)")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N iterations (0: end only)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue from --checkpoint when it exists (given flags must match it)")
+    mode.add_argument("--overwrite", action="store_true", help="start a new run even if --checkpoint exists, "
+                      "replacing it (without --resume or --overwrite an existing checkpoint is an error)")
     p.add_argument("--log-every", type=int, default=10)
     p.set_defaults(func=run)
 
 
+FRESH_DEFAULTS = {"variant": "gp", "width": 64, "batch_size": 64, "n_critic": 5, "lr": 1e-4, "seed": 0}
+
+
+class UsageError(ValueError):
+    """Flags that cannot run together (or with the files they name)."""
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train; print one JSON line of metrics every --log-every iterations."""
+    """Train; print one JSON line of metrics every --log-every iterations. Exit status 2 with one line on
+    stderr for bad data, manifests, checkpoints and flags."""
+    import pyarrow as pa
+
+    from vidgan.errors import fail
+
+    try:
+        return _run(args)
+    except (ValueError, OSError, pa.ArrowException) as e:  # ManifestError, ShardError, CheckpointError, ...
+        return fail("train", e)
+
+
+def resume_conflicts(args: argparse.Namespace, trainer: Trainer) -> list[str]:
+    """The flags given explicitly (not None) whose value differs from the checkpoint's."""
+    m, tc = trainer.model_cfg, trainer.train_cfg
+    saved = {"--variant": (args.variant, trainer.variant.name), "--width": (args.width, m.width),
+             "--frames": (args.frames, m.frames), "--size": (args.size, m.size),
+             "--batch-size": (args.batch_size, tc.batch_size), "--n-critic": (args.n_critic, tc.n_critic),
+             "--lr": (args.lr, tc.lr), "--seed": (args.seed, tc.seed)}
+    return [f"{flag} {given} (checkpoint: {kept})" for flag, (given, kept) in saved.items()
+            if given is not None and given != kept]
+
+
+def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vidgan.config import ModelConfig, TrainConfig
     from vidgan.data import arrow_clip_batches, resume_seed
-    from vidgan.shards import ManifestError, describe
-    from vidgan.trainer import Trainer
-    from vidgan.variants import get_variant
+    from vidgan.errors import fail
+    from vidgan.files import redact_uri
+    from vidgan.shards import verified
 
-    try:
-        shard_set = describe(args.data)
-    except (FileNotFoundError, ManifestError) as e:
-        print(f"vidgan train: error: {e}", file=sys.stderr)
-        return 2
-    t, h, w, _ = shard_set.clip_shape
-    frames, size = args.frames or t, args.size or h
-    if (frames, size) != (t, h) or h != w:
-        print(f"vidgan train: error: {args.data} holds {t}x{h}x{w} clips, asked for {frames}x{size}x{size}",
-              file=sys.stderr)
-        return 2
     ckpt = Path(args.checkpoint) if args.checkpoint else None
-    if args.resume and ckpt is not None and ckpt.exists():
+    if args.resume and ckpt is None:
+        raise UsageError("--resume needs --checkpoint")
+    if ckpt is not None and ckpt.exists() and not (args.resume or args.overwrite):
+        raise UsageError(f"checkpoint {ckpt} exists: pass --resume to continue it, or --overwrite to replace it "
+                         "with a new run")
+    shard_set = verified(args.data)  # sizes and sha256 of every shard, before any training
+    t, h, w, _ = shard_set.clip_shape
+
+    resuming = args.resume and ckpt is not None and ckpt.exists()
+    if not resuming:  # flags checked before torch is imported: a typo fails at once
+        from vidgan.variants import get_variant
+
+        opt = {k: FRESH_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in FRESH_DEFAULTS}
+        frames, size = args.frames or t, args.size or h
+        if (frames, size) != (t, h) or h != w:
+            raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, asked for {frames}x{size}x{size}")
+        configs = (ModelConfig(frames=frames, size=size, width=opt["width"]), get_variant(opt["variant"]),
+                   TrainConfig(batch_size=opt["batch_size"], n_critic=opt["n_critic"], lr=opt["lr"], seed=opt["seed"]))
+
+    from vidgan.trainer import Trainer, TrainingDiverged
+
+    if resuming:
         trainer = Trainer.load(ckpt, device=args.device)
+        conflicts = resume_conflicts(args, trainer)
+        if conflicts:
+            raise UsageError(f"--resume of {ckpt}: {'; '.join(conflicts)}. Leave these flags out to continue "
+                             "the checkpoint as it was, or pass --overwrite instead of --resume for a new run")
+        kept = trainer.model_cfg
+        if (kept.frames, kept.size, kept.size) != (t, h, w):
+            raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, checkpoint {ckpt} trains "
+                             f"{kept.frames}x{kept.size}x{kept.size}")
     else:
-        trainer = Trainer(
-            ModelConfig(frames=frames, size=size, width=args.width),
-            get_variant(args.variant),
-            TrainConfig(batch_size=args.batch_size, n_critic=args.n_critic, lr=args.lr, seed=args.seed),
-            device=args.device,
-        )
+        trainer = Trainer(*configs, device=args.device)
     batches = arrow_clip_batches(args.data, trainer.train_cfg.batch_size, flip=True,
                                  seed=resume_seed(trainer.train_cfg.seed, trainer.iteration))
     while trainer.iteration < args.iterations:
-        m = trainer.train_iteration(batches)
+        try:
+            m = trainer.train_iteration(batches)
+        except TrainingDiverged as e:
+            return fail("train", e)
         if trainer.iteration % max(1, args.log_every) == 0 or trainer.iteration == args.iterations:
             print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}), flush=True)
         if ckpt is not None and args.save_every and trainer.iteration % args.save_every == 0:

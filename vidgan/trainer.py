@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,11 @@ from vidgan.models import Critic, Generator
 from vidgan.variants import Variant
 
 CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, not a vidgan checkpoint, of another version, or
+    holding Python objects beyond tensors and plain data (refused unread); the message names the file."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -227,15 +234,64 @@ class Trainer:
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Trainer:
         """A trainer restored from a checkpoint (``torch.load(weights_only=True)``: no arbitrary pickles)."""
         state = read_checkpoint(path)
-        model, variant, train = configs_from_checkpoint(state)
-        trainer = cls(model, variant, train, device=device)
-        trainer.load_state_dict(state)
+        with _unfit(path):
+            model, variant, train = configs_from_checkpoint(state)
+            trainer = cls(model, variant, train, device=device)
+            trainer.load_state_dict(state)
         return trainer
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint's dict on the CPU, admitting only tensors and plain data."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint's dict on the CPU, admitting only tensors and plain data, and check its version.
+
+    Raises :class:`CheckpointError` naming the file for anything else (missing, empty, truncated, a pickle of
+    other objects, which is refused without running any of it, a dict of another version).
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # torch's refusal; its advice to disable the check is not repeated
+            raise CheckpointError(
+                f"checkpoint {path} refused: it holds Python objects other than tensors and plain data, which "
+                "vidgan never writes (possibly malicious); nothing in it was run"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is not readable: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure of an untrusted file means "not a checkpoint"
+        detail = "empty file" if isinstance(e, EOFError) and not str(e) else _first_line(e)
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint ({detail})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a vidgan checkpoint (holds a {type(state).__name__})")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has checkpoint version {state.get('version')!r}; this vidgan reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0][:200]
+    if "weights_only" in text:
+        text = ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _unfit(path: str | os.PathLike) -> Iterator[None]:
+    """Turn errors of building models from a checkpoint's contents into :class:`CheckpointError`."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        detail = f"missing {e}" if isinstance(e, KeyError) else _first_line(e)
+        raise CheckpointError(f"checkpoint {path} is not a usable vidgan checkpoint ({detail})") from None
 
 
 def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant, TrainConfig]:
@@ -250,9 +306,10 @@ def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, ModelConfig]:
     """The generator of a checkpoint (for sampling and FVD), with its model config."""
     state = read_checkpoint(path)
-    model, _, _ = configs_from_checkpoint(state)
-    gen = Generator(model)
-    gen.load_state_dict(state["generator"])
+    with _unfit(path):
+        model, _, _ = configs_from_checkpoint(state)
+        gen = Generator(model)
+        gen.load_state_dict(state["generator"])
     return gen.to(device).eval(), model
 
 

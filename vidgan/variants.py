@@ -31,8 +31,8 @@ class Variant(BaseModel):
     name: str = "custom"
     spectral_norm: bool = False
     penalty: Penalty = "gp"
-    penalty_weight: float = Field(10.0, ge=0.0)
-    drift_weight: float = Field(0.0, ge=0.0)
+    penalty_weight: float = Field(10.0, ge=0.0, allow_inf_nan=False)  # finite: inf/nan would only diverge
+    drift_weight: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     layer_norm: bool = True
 
     @model_validator(mode="after")

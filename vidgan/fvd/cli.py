@@ -42,12 +42,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``fvd`` handler: exit status 0, 1 on a clear error (printed), 2 on a usage error."""
+    """The ``fvd`` handler: exit status 0, or 2 with one line on stderr (bad data, manifest, checkpoint, flags)."""
+    import pyarrow as pa
+
+    from ..errors import fail
+
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"vidgan fvd: error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError, RuntimeError, pa.ArrowException) as e:  # ManifestError, CheckpointError, ...
+        return fail("fvd", e)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -61,6 +64,13 @@ def _run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     real_uri = args.stats or args.real
+    # the cheap refusals first: a bad checkpoint or damaged fake shards before any I3D work
+    if args.checkpoint:
+        from ..trainer import load_generator
+
+        generator, _ = load_generator(args.checkpoint, device=device)
+    if args.fake:
+        stats.check_request(shards.verified(args.fake), args.n, args.frames)
     with progress(total=args.n, desc="real I3D features", unit="clip") as bar:
         real = stats.real_features(real_uri, args.n, args.frames, device, args.batch_size, args.weights,
                                    on_clips=bar.update)
@@ -69,7 +79,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"real features of {args.n} clips x {args.frames} frames cached at {where}")
         return 0
     if args.fake:
-        stats.check_request(args.fake, args.n, args.frames)
         model = load_i3d(device, args.weights)
         clips = (c[:, : args.frames] for c in shards.iter_clips(args.fake, limit=args.n))
         with progress(total=args.n, desc="fake I3D features", unit="clip") as bar:
@@ -82,9 +91,6 @@ def _run(args: argparse.Namespace) -> int:
             "n": len(fake),
         }
     elif args.checkpoint:
-        from ..trainer import load_generator
-
-        generator, _ = load_generator(args.checkpoint, device=device)
         evaluator = FVDEvaluator(real, args.n, args.frames, device, args.batch_size, args.seed, args.weights)
         result = evaluator.evaluate(generator)
     else:
