@@ -258,15 +258,27 @@ def _resolve_path(path: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+#: largest sweep spec file read (bytes)
+MAX_SPEC_BYTES = 1 << 20
+
+
 def load_spec(path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> SweepSpec:
     """Read and validate a YAML spec. Relative dataset paths resolve against ``base_dir`` (default: cwd)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"sweep spec {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)  # refused before parsing: a huge YAML parses for minutes
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: over {MAX_SPEC_BYTES // 2**20} MiB; a sweep spec is a small YAML file")
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping of keys, got {type(raw).__name__}")
     return parse_spec(raw, source=str(path), base_dir=base_dir)

@@ -209,6 +209,12 @@ def _latest_sweep(storage: str, prefix: str) -> str | None:
     return names[-1] if names else None
 
 
+def spec_params(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as logged to the parent run's MLflow params: credentials in URIs (the tracking URI, s3:// paths
+    with ``key:secret@``) removed."""
+    return tracking.redact_uris(spec.model_dump(mode="json"))
+
+
 def run_sweep(
     spec_or_path: SweepSpec | str | os.PathLike,
     *,
@@ -247,11 +253,12 @@ def run_sweep(
     if state is None:
         parent = tracking.start_parent_run(uri, experiment_id, name, tags={"vidgan.spec": spec.name})
         tracker = tracking.Tracker(uri, parent)
-        tracker.log_params({"spec": spec.model_dump(mode="json")})
+        tracker.log_params({"spec": spec_params(spec)})
         state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
         _write_state(exp_path, state)
     parent = state["parent_run_id"]
-    ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
+    ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
+                       auth_env=tracking.auth_env())
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, ctx=ctx),

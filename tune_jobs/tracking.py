@@ -8,17 +8,20 @@ processes share one SQLite file in the embedded default.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from vidgan.files import redact_uri, split_userinfo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,6 +40,10 @@ TAG_REASON = "vidgan.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
 
 
+#: MLflow's credentials for a tracking server (basic auth or a bearer token), read from the environment
+AUTH_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
 
@@ -46,8 +53,19 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
     Trials run with their own folder as working directory, so a relative SQLite path would point
     somewhere else in every trial.
+
+    Credentials in the URI (``http://user:password@host``) are taken out of it and set as
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, which MLflow sends as basic auth; the URI
+    returned (and everything printed, logged or saved) has none. Trials get them through :func:`auth_env`.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri, user, password = split_userinfo(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        if password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+        if split_userinfo(os.environ.get("MLFLOW_TRACKING_URI", ""))[1] is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = redact_uri(os.environ["MLFLOW_TRACKING_URI"])
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
@@ -60,15 +78,32 @@ def local_artifact_root(uri: str) -> str | None:
     return None
 
 
+def auth_env() -> dict[str, str]:
+    """The MLflow credentials of this process's environment, for the trials: Ray workers on other nodes do
+    not inherit the driver's environment, so they travel in the :class:`SweepContext` (never printed)."""
+    return {k: os.environ[k] for k in AUTH_ENV if os.environ.get(k)}
+
+
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast with a clear error when the store is unreachable (before any trial starts)."""
+    shown = redact_uri(uri)
     if uri.startswith(("http://", "https://")):
+        request = urllib.request.Request(shown.rstrip("/") + "/health")
+        env = auth_env()
+        if "MLFLOW_TRACKING_TOKEN" in env:
+            request.add_header("Authorization", f"Bearer {env['MLFLOW_TRACKING_TOKEN']}")
+        elif "MLFLOW_TRACKING_USERNAME" in env:
+            pair = f"{env['MLFLOW_TRACKING_USERNAME']}:{env.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+            request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 if response.status != 200:
-                    raise TrackingUnavailable(f"MLflow server {uri} answered {response.status} on /health")
+                    raise TrackingUnavailable(f"MLflow server {shown} answered {response.status} on /health")
+        except urllib.error.HTTPError as exc:
+            raise TrackingUnavailable(f"MLflow server {shown} answered {exc.code} on /health") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {exc}") from None
+            reason = getattr(exc, "reason", None) or exc
+            raise TrackingUnavailable(f"MLflow tracking server {shown} is unreachable: {reason}") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -76,7 +111,8 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     try:
         retry(lambda: MlflowClient(uri).search_experiments(max_results=1), attempts=2)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
-        raise TrackingUnavailable(f"MLflow tracking store {uri} is not usable: {exc}") from None
+        detail = " ".join(str(exc).split())[:300].replace(uri, shown)
+        raise TrackingUnavailable(f"MLflow tracking store {shown} is not usable: {detail}") from None
 
 
 def retry(fn: Callable[[], T], attempts: int = 6, delay_s: float = 0.2) -> T:
@@ -89,6 +125,15 @@ def retry(fn: Callable[[], T], attempts: int = 6, delay_s: float = 0.2) -> T:
                 raise
             time.sleep(delay_s * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def redact_uris(value: Any) -> Any:
+    """``value`` (nested dicts, lists, strings) with the userinfo of every URI in it removed, for logging."""
+    if isinstance(value, dict):
+        return {k: redact_uris(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_uris(v) for v in value]
+    return redact_uri(value) if isinstance(value, str) else value
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -200,6 +245,8 @@ class SweepContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    # the MLflow credentials the trials need (:func:`auth_env`); left out of repr so they are never printed
+    auth_env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 class TrialLogger:
@@ -214,6 +261,7 @@ class TrialLogger:
         from tune_jobs.metrics import TrialMetrics
 
         self.ctx, self.trial = ctx, trial
+        os.environ.update(ctx.auth_env)  # MLflow reads them from the environment at each request
         self.run_id, _ = find_or_create_trial_run(
             ctx.tracking_uri,
             ctx.experiment_id,
@@ -231,7 +279,7 @@ class TrialLogger:
             {
                 "variant": trial.variant_name,
                 "dataset": trial.dataset.name,
-                "dataset_path": trial.dataset.path,
+                "dataset_path": redact_uri(trial.dataset.path),
                 "seed": trial.seed,
                 "model": spec.model.model_dump(),
                 "loss": trial.variant.model_dump(),
