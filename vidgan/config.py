@@ -38,6 +38,13 @@ class TrainConfig(_Config):
     betas: tuple[float, float] = (0.5, 0.999)
     seed: int = 0
     bf16: bool = False  # bf16 autocast for the networks on CUDA; penalties stay in fp32
+    # Moving average of the generator's weights (vidgan.ema, StyleGAN2-ADA's G_ema): half-life ema_kimg
+    # thousand clips, ramped up as ema_rampup x the clips trained on so far. In runs shorter than
+    # ema_kimg / ema_rampup thousand clips (200k: every CPU run and the first ~3k iterations at batch 64)
+    # the ramp-up rules, and the average spans the last ~5% of training.
+    ema: bool = True
+    ema_kimg: float = Field(10.0, gt=0)
+    ema_rampup: float | None = Field(0.05, gt=0)
     device: str | None = None  # None: CUDA when present, else CPU
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vidgan.config import ModelConfig, TrainConfig
+from vidgan.ema import GeneratorEMA
 from vidgan.files import atomic_write
 from vidgan.losses import drift_penalty, gradient_penalty
 from vidgan.models import Critic, Generator
@@ -91,6 +92,7 @@ class Trainer:
         self.critic = Critic(model, spectral_norm=variant.spectral_norm, layer_norm=variant.layer_norm).to(
             self.device
         )
+        self.ema = GeneratorEMA(self.generator, train.ema_kimg, train.ema_rampup) if train.ema else None
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=train.betas)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=train.lr, betas=train.betas)
         # Noise and interpolation weights come from the trainer's own generator, saved in checkpoints.
@@ -156,6 +158,9 @@ class Trainer:
             data_wait += time.perf_counter() - t0
             parts.append(self._critic_update(to_model_range(batch, self.device)))
         g_loss = self._generator_update(self.train_cfg.batch_size)
+        if self.ema is not None:  # clips the generator trained on before this update: generator_updates - 1 batches
+            b = self.train_cfg.batch_size
+            self.ema.update(self.generator, b, (self.generator_updates - 1) * b)
         means = torch.stack([torch.stack(p) for p in parts]).mean(0)
         values = torch.cat([means, g_loss.view(1)]).tolist()  # the one device sync of the iteration
         self.iteration += 1
@@ -194,6 +199,7 @@ class Trainer:
                 "generator_updates": self.generator_updates,
             },
             "generator": self.generator.state_dict(),
+            **({"generator_ema": self.ema.state_dict()} if self.ema is not None else {}),
             "critic": self.critic.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -211,6 +217,8 @@ class Trainer:
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"unsupported checkpoint version {state.get('version')!r}")
         self.generator.load_state_dict(state["generator"])
+        if self.ema is not None:  # a checkpoint without an average (written before it, or ema off) starts it afresh
+            self.ema.load_state_dict(state.get("generator_ema", state["generator"]))
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -303,13 +311,16 @@ def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant
     )
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, ModelConfig]:
-    """The generator of a checkpoint (for sampling and FVD), with its model config."""
+def load_generator(
+    path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True
+) -> tuple[Generator, ModelConfig]:
+    """The generator of a checkpoint (for sampling and FVD), with its model config: its moving average
+    (``generator_ema``) when it has one and ``ema``, else the raw weights."""
     state = read_checkpoint(path)
     with _unfit(path):
         model, _, _ = configs_from_checkpoint(state)
         gen = Generator(model)
-        gen.load_state_dict(state["generator"])
+        gen.load_state_dict(state["generator_ema" if ema and "generator_ema" in state else "generator"])
     return gen.to(device).eval(), model
 
 
