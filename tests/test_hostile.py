@@ -252,6 +252,19 @@ def test_manifest_checksums_and_names_are_enforced(data: Path, tmp_path: Path) -
             verified(str(data))
 
 
+def test_sweep_refuses_a_damaged_dataset_before_any_trial(data: Path) -> None:
+    from tune_jobs.spec import SpecError, parse_spec
+    from tune_jobs.sweep import prepare_datasets
+
+    spec = parse_spec({"name": "s", "datasets": [{"name": "d", "path": str(data)}], "variants": ["gp"],
+                       "model": {"frames": 16, "size": 32}, "train": {"batch_size": 2},
+                       "eval": {"every": 1, "n_real": 2, "n_fake": 2, "frames": 9}, "scheduler": {"max_t": 2}})
+    prepare_datasets(spec)
+    flip(data / "shard-00002.parquet", 5000)
+    with pytest.raises(SpecError, match="dataset 'd': .*shard-00002.parquet: sha256"):
+        prepare_datasets(spec)
+
+
 def test_fvd_verifies_real_and_fake_shards_and_checkpoints(data: Path, tmp_path: Path) -> None:
     """Refused before any I3D work: the real features are never computed from a damaged shard."""
     bad = shutil.copytree(data, tmp_path / "bad")

@@ -52,7 +52,7 @@ def prepare_datasets(spec: SweepSpec) -> None:
     """Make the sample dataset where asked, then check every dataset fits the model and the evaluation."""
     for ds in spec.datasets:
         try:
-            shard_set = shards.describe(ds.path)
+            shard_set = shards.verified(ds.path)  # every shard's size and sha256, before any trial reads it
         except FileNotFoundError:
             if not ds.sample:
                 raise SpecError(
