@@ -39,6 +39,17 @@ def test_evaluate_fixed_latents_and_mode_restored() -> None:
     assert gen.training and torch.equal(gen.bn.running_mean, running_mean)
 
 
+def test_bootstrap_interval_and_fvd_alone() -> None:
+    torch.manual_seed(1)
+    gen = TinyGenerator().train()
+    real = np.random.default_rng(1).normal(size=(6, 400))
+    ev = FVDEvaluator(real, n_fake=4, frames=9, batch_size=4, n_boot=40)
+    out = ev.evaluate(gen)
+    assert {"fvd_ci_low", "fvd_ci_high"} <= set(out)
+    assert out["fvd_ci_low"] < out["fvd_ci_high"]
+    assert ev.fvd(gen) == pytest.approx(out["fvd"], rel=1e-6)  # same latents, same clips
+
+
 def test_too_few_generated_frames_refused() -> None:
     gen = TinyGenerator(frames=10).train()
     ev = FVDEvaluator(np.zeros((2, 400)), n_fake=2, frames=12, device="cpu")

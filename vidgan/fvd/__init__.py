@@ -22,6 +22,7 @@ _EXPORTS = {
     "extract_features": ".features",
     "load_i3d": ".features",
     "frechet_distance": ".distance",
+    "frechet_distance_bootstrap": ".distance",
     "kvd": ".distance",
     "real_features": ".stats",
 }
@@ -31,13 +32,14 @@ __all__ = [
     "FVDEvaluator",
     "extract_features",
     "frechet_distance",
+    "frechet_distance_bootstrap",
     "kvd",
     "load_i3d",
     "real_features",
 ]
 
 if TYPE_CHECKING:
-    from .distance import frechet_distance, kvd
+    from .distance import frechet_distance, frechet_distance_bootstrap, kvd
     from .evaluator import FVDEvaluator
     from .features import extract_features, load_i3d
     from .i3d import I3D

@@ -56,6 +56,88 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return frechet_distance_from_stats(mu1, s1, mu2, s2)
 
 
+def _weighted_centred(x: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, rows R) of the multiset that holds row ``i`` of ``x`` ``counts[i]`` times: ``R.T @ R`` is its
+    covariance (divided by N - 1) and R has one row per distinct member, so the zero counts cost nothing."""
+    n = counts.sum()
+    keep = counts > 0
+    w, xs = counts[keep].astype(np.float64), x[keep]
+    mu = w @ xs / n
+    return mu, (xs - mu) * np.sqrt(w / (n - 1))[:, None]
+
+
+def _trace_sqrt_full_rank(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """:func:`trace_sqrt_product` through a Cholesky factor ``S1 = L L^T`` (eigenvalues of ``L^T S2 L``, no
+    eigenvectors): ~2x faster at d = 400; falls back to the eigendecomposition when ``S1`` is singular."""
+    try:
+        chol = np.linalg.cholesky(sigma1)
+    except np.linalg.LinAlgError:
+        return trace_sqrt_product(sigma1, sigma2)
+    m = chol.T @ sigma2 @ chol
+    return float(np.sqrt(_clip_noise(np.linalg.eigvalsh((m + m.T) * 0.5))).sum())
+
+
+def _frechet_from_rows(mu_a: np.ndarray, ra: np.ndarray, mu_b: np.ndarray, rb: np.ndarray) -> float:
+    """Fréchet distance of the Gaussians with means ``mu`` and covariances ``R.T @ R``, by the cheaper route.
+
+    ``tr sqrt(Sa Sb)`` is the sum of the singular values of ``Ra @ Rb.T`` (the nonzero eigenvalues of
+    ``Sa Sb`` are those of ``(Ra Rb^T)(Ra Rb^T)^T``): an [m_a, m_b] problem instead of a [d, d] one, which
+    wins while the sets are small next to d (FVD's usual regime: N of tens to hundreds at d = 400).
+    """
+    diff = mu_a - mu_b
+    ma, mb, d = len(ra), len(rb), ra.shape[1]
+    if max(ma, mb) * min(ma, mb) ** 2 < d**3:
+        tr_sqrt = float(np.linalg.svd(ra @ rb.T, compute_uv=False).sum())
+    else:
+        tr_sqrt = _trace_sqrt_full_rank(ra.T @ ra, rb.T @ rb)
+    return float(diff @ diff + np.einsum("ij,ij->", ra, ra) + np.einsum("ij,ij->", rb, rb) - 2.0 * tr_sqrt)
+
+
+def frechet_distance_bootstrap(
+    feats_a: np.ndarray,
+    feats_b: np.ndarray,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A ``level`` bootstrap interval of :func:`frechet_distance` over the features at hand (no new samples).
+
+    Both sets are resampled with replacement (``n_boot`` times, seeded) and the Fréchet distance recomputed.
+    A resample holds only ~63% distinct clips, and the FD's small-sample bias grows as that number falls
+    (strongly at N < d: two sets of one distribution score ~300 at N = 64, d = 400), so the raw bootstrap
+    values are shifted up and spread by the luck of the draw in distinct counts. Both artefacts are removed
+    before the percentiles are taken: the values are regressed on ``1/distinct_a`` and ``1/distinct_b`` and
+    that part of their spread is subtracted, and the interval is moved to sit around the observed FD as the
+    bootstrap values sit around their mean. It states how far the FD *at this N* would move if the real and
+    generated clips were drawn again; it says nothing about the FD's own bias (compare FVDs at equal N).
+
+    Measured on Gaussian features (see tests/test_fvd_distance.py): at N >> d it covers at the nominal rate;
+    at N <= d (FVD's usual regime) it errs wide: 93% coverage, 1.03x the true width at N = 48/16, d = 400;
+    100% coverage, ~1.25-1.45x the width at N = 56/56 and 256/256.
+    """
+    a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    if n_boot < 4:
+        raise ValueError(f"n_boot must be >= 4, got {n_boot}")
+    ones_a, ones_b = np.ones(len(a), np.int64), np.ones(len(b), np.int64)
+    observed = _frechet_from_rows(*_weighted_centred(a, ones_a), *_weighted_centred(b, ones_b))
+    rng = np.random.default_rng(seed)
+    pa, pb = np.full(len(a), 1.0 / len(a)), np.full(len(b), 1.0 / len(b))
+    values, distinct = np.empty(n_boot), np.empty((n_boot, 2))
+    for i in range(n_boot):
+        ca, cb = rng.multinomial(len(a), pa), rng.multinomial(len(b), pb)
+        values[i] = _frechet_from_rows(*_weighted_centred(a, ca), *_weighted_centred(b, cb))
+        distinct[i] = (ca > 0).sum(), (cb > 0).sum()
+    x = 1.0 / distinct
+    x -= x.mean(axis=0)
+    coef, *_ = np.linalg.lstsq(np.column_stack([np.ones(n_boot), x]), values, rcond=None)
+    values = values - x @ coef[1:]
+    lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    shift = values.mean() - observed
+    return float(lo - shift), float(hi - shift)
+
+
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
