@@ -41,6 +41,37 @@ def tile(clips: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndar
     return grid
 
 
+#: how much sample images and videos are enlarged for people (nearest neighbour: pixels stay sharp squares)
+DISPLAY_SCALE = 4
+
+
+def enlarge(images: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray:
+    """uint8 images [..., H, W, C] enlarged ``scale`` times by nearest neighbour (each pixel a square)."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    if scale == 1:
+        return images
+    return np.repeat(np.repeat(images, scale, axis=-3), scale, axis=-2)
+
+
+def strip(
+    clips: np.ndarray, n_clips: int = 4, n_frames: int = 8, scale: int = DISPLAY_SCALE, pad: int = 1
+) -> np.ndarray:
+    """One image of clips as rows of frames: the first ``n_clips`` clips [N, T, H, W, 3], each as ``n_frames``
+    frames evenly spaced from first to last, grey gaps of ``pad`` pixels, enlarged ``scale`` times.
+    Returns uint8 [rows*(H+pad)-pad, cols*(W+pad)-pad, 3] * scale, ready for a PNG (``MlflowClient.log_image``)."""
+    n, t, h, w, c = clips.shape
+    rows, cols = min(n, n_clips), min(t, n_frames)
+    if rows == 0:
+        raise ValueError("no clips to show")
+    picked = np.linspace(0, t - 1, cols).round().astype(int)
+    image = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), 128, np.uint8)
+    for r in range(rows):
+        for q, f in enumerate(picked):
+            image[r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = clips[r, f]
+    return enlarge(image, scale)
+
+
 def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 8) -> Path:
     """Encode uint8 frames [T, H, W, 3] as GIF or H.264 MP4, chosen by the file suffix."""
     path = Path(path)
