@@ -270,12 +270,20 @@ def test_fvd_verifies_real_and_fake_shards_and_checkpoints(data: Path, tmp_path:
     bad = shutil.copytree(data, tmp_path / "bad")
     flip(bad / "shard-00000.parquet", (bad / "shard-00000.parquet").stat().st_size // 2)
     v99 = new_checkpoint(tmp_path / "v99.pt", version=99)
+    cached = shutil.copytree(data, tmp_path / "cached")
+    from vidgan.fvd.stats import stats_location
+
+    garbage = Path(stats_location(str(cached), 2, 9))
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"PK\x03\x04 not really a zip")  # a damaged statistics cache
     common = ["--n", 2, "--frames", 9, "--device", "cpu"]
-    stats, fake, ckpt = cli_many(["fvd", "--stats", bad, *common], ["fvd", "--real", data, "--fake", bad, *common],
-                                 ["fvd", "--real", data, "--checkpoint", v99, *common])
+    stats, fake, ckpt, cache = cli_many(
+        ["fvd", "--stats", bad, *common], ["fvd", "--real", data, "--fake", bad, *common],
+        ["fvd", "--real", data, "--checkpoint", v99, *common], ["fvd", "--stats", cached, *common])
     refused(stats, bad / "shard-00000.parquet", "sha256")
     refused(fake, bad / "shard-00000.parquet", "sha256")
     refused(ckpt, v99, "version 99")
+    refused(cache, garbage, "unreadable")
     assert not list(data.glob("fvd_stats/*.npz")) and not list(bad.glob("fvd_stats/*.npz"))
 
 

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,13 +86,17 @@ def _lock_path(fs: pafs.FileSystem, path: str) -> Path:
 
 
 def read_npz(fs: pafs.FileSystem, path: str) -> dict[str, np.ndarray] | None:
-    """The arrays of an ``.npz`` file, or None when it does not exist."""
+    """The arrays of an ``.npz`` file, or None when it does not exist; ValueError naming it when it is damaged."""
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_file(path) as f:
         data = f.read()
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(f"cached FVD statistics {path} are unreadable ({detail}); they are not used") from None
 
 
 def write_npz_atomic(fs: pafs.FileSystem, path: str, arrays: dict[str, np.ndarray]) -> None:
