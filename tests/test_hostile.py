@@ -263,6 +263,11 @@ def test_sweep_refuses_a_damaged_dataset_before_any_trial(data: Path) -> None:
     flip(data / "shard-00002.parquet", 5000)
     with pytest.raises(SpecError, match="dataset 'd': .*shard-00002.parquet: sha256"):
         prepare_datasets(spec)
+    (data / "file").write_text("not a folder")
+    spec = spec.model_copy(update={"datasets": [spec.datasets[0].model_copy(update={"path": str(data / "file" / "x"),
+                                                                                    "sample": True})]})
+    with pytest.raises(SpecError, match="dataset 'd': .*not writable"):  # the sample cannot be built there
+        prepare_datasets(spec)
 
 
 def test_fvd_verifies_real_and_fake_shards_and_checkpoints(data: Path, tmp_path: Path) -> None:

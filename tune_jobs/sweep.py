@@ -58,10 +58,13 @@ def prepare_datasets(spec: SweepSpec) -> None:
                 raise SpecError(
                     f"dataset {ds.name!r}: no shard directory at {ds.path} (run `vidgan ingest ... --out {ds.path}`)"
                 ) from None
-            from vidgan.ingest import ingest_sample
+            from vidgan.ingest import IngestError, ingest_sample
 
             print(f"[vidgan] ingesting the sample videos into {ds.path} ...", flush=True)
-            ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
+            try:
+                ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
+            except (IngestError, OSError) as exc:  # no sample videos installed, an unwritable path, ...
+                raise SpecError(f"dataset {ds.name!r}: {exc}") from None
             shard_set = shards.describe(ds.path)
         except shards.ManifestError as exc:
             raise SpecError(f"dataset {ds.name!r}: {exc}") from None
