@@ -6,6 +6,7 @@ meaningless at this N, but the whole path runs: Ray Data stream, I3D, ASHA, Optu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -122,6 +123,7 @@ def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
             search={
                 "num_samples": 3,
                 "seed": 1,
+                "points_to_evaluate": [{"lr": 3e-4}],  # one round: tried first on each variant
                 "space": {
                     "lr": {"low": 1e-5, "high": 1e-3, "log": True},
                     "penalty_weight": {"low": 1.0, "high": 20.0},
@@ -142,6 +144,26 @@ def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
     lr = float(params["sn"].split("lr=")[1].split(",")[0])
     assert float(nested["sn"].data.params["train.lr"]) == pytest.approx(lr, rel=1e-2)
     assert float(nested["drift"].data.params["loss.drift_weight"]) != 1e-4
+    assert {float(r.data.params["train.lr"]) for r in nested.values()} == {3e-4}  # points_to_evaluate went first
+
+    # The study persists beside mlflow.db under the sweep's name, with every trial's FVD (optuna-dashboard reads
+    # it), and a search on the same study warm-starts: it knows the 3 trials and goes on with the next variant.
+    import optuna
+
+    from tune_jobs import explore
+    from tune_jobs.sweep import _tune_setup
+
+    storage = f"sqlite:///{workdir}/optuna.db"
+    study = optuna.load_study(study_name="search", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.value == t.value for t in done)
+    assert sorted(t.value for t in done) == pytest.approx(sorted(r.final_fvd for r in outcome.rows), rel=1e-6)
+    assert explore.optuna_storage(spec, f"sqlite:///{workdir}/mlflow.db") == storage
+    again = spec.model_copy(update={"search": spec.search.model_copy(update={"points_to_evaluate": []})})
+    _, searcher, _ = _tune_setup(again, name="search", tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+    assert searcher.suggest("next")["variant"] == "gp"
+    trials = optuna.load_study(study_name="search", storage=storage).trials
+    assert len(trials) == 4 and trials[-1].number == 3
 
 
 def _start_sweep(root: Path, spec: dict, name: str) -> subprocess.Popen:
@@ -220,3 +242,54 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path) -> None:
     assert len(nested) == 2  # no duplicate runs after the resume
     for run in nested:
         assert {m.step for m in _client(workdir).get_metric_history(run.info.run_id, "fvd")} == {2, 4, 6}
+
+
+def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the_donor(workdir: Path) -> None:
+    # Two trials, synchronous PBT every 2 iterations: at each interval the worse trial takes the better one's
+    # checkpoint and a perturbed copy of its config (x1.2 or x0.8: resampling off).
+    pbt = {
+        "type": "pbt", "max_t": 4, "perturbation_interval": 2, "population": 2, "quantile_fraction": 0.5,
+        "resample_probability": 0.0, "synch": True,
+        "mutations": {"lr": {"low": 1e-5, "high": 1e-2, "log": True}, "penalty_weight": {"low": 1.0, "high": 50.0}},
+    }
+    lean_eval = {"every": 2, "n_real": 8, "n_fake": 2, "frames": 9, "batch_size": 4, "grid": 0}  # I3D takes >= 9
+    spec = parse_spec(_spec(workdir, name="pbt", scheduler=pbt, eval=lean_eval))
+    outcome = run_sweep(spec, name="pbt", verbose=0)
+    assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
+
+    runs = {r.data.tags[tracking.TAG_TRIAL]: r for r in _nested(workdir, outcome.parent_run_id)}
+    assert len(runs) == 2
+    clones = [r for r in runs.values() if tracking.TAG_CLONED_FROM in r.data.tags]
+    assert clones, "no trial was cloned"
+    client = _client(workdir)
+    for clone in clones:
+        donor = clone.data.tags[tracking.TAG_CLONED_FROM]
+        me = clone.data.tags[tracking.TAG_TRIAL]
+        assert donor in runs and donor != me  # the checkpoint it restored was written by the other trial
+        at = int(clone.data.tags[tracking.TAG_CLONED_AT])
+        assert at == 2  # the donor's checkpoint at the first interval
+        # Ray's own record of the exploit: Tune's policy file for this trial names the donor and the new config
+        policies = list((workdir / "results" / "pbt").glob(f"pbt_policy_{me}.txt"))
+        assert policies, sorted(p.name for p in (workdir / "results" / "pbt").iterdir())
+        policy = json.loads(policies[0].read_text().splitlines()[0])
+        old_config, new_config = policy[4], policy[5]
+        assert new_config["lr"] != old_config["lr"] and new_config["penalty_weight"] != old_config["penalty_weight"]
+        assert new_config["lr"] in (pytest.approx(old_config["lr"] * 1.2), pytest.approx(old_config["lr"] * 0.8))
+        # the trainer ran on with the new config, not the hyperparameters stored in the donor's checkpoint
+        lr = {m.step: m.value for m in client.get_metric_history(clone.info.run_id, "hp_lr")}
+        weight = {m.step: m.value for m in client.get_metric_history(clone.info.run_id, "hp_penalty_weight")}
+        assert lr[4] == pytest.approx(new_config["lr"]) and weight[4] == pytest.approx(new_config["penalty_weight"])
+        donor_lr = {m.step: m.value for m in client.get_metric_history(runs[donor].info.run_id, "hp_lr")}
+        assert donor_lr[2] == pytest.approx(old_config["lr"]) and lr[4] != pytest.approx(donor_lr[2])
+
+
+def test_every_node_is_asked_for_its_python(workdir: Path) -> None:
+    from tune_jobs import runtime
+
+    nodes = runtime.check_cluster_python()  # a zero-CPU task on each live node of the real cluster
+    assert nodes and all(tuple(v[:2]) == sys.version_info[:2] for v in nodes.values())
+    with pytest.raises(runtime.ClusterMismatch) as caught:
+        runtime.check_cluster_python(driver=(3, 99, 0))  # as a driver of another Python minor would see it
+    message = str(caught.value)
+    assert "\n" not in message and "Python 3.99.0" in message
+    assert "Python {}.{}".format(*sys.version_info[:2]) in message

@@ -43,6 +43,23 @@ def test_shipped_specs_are_valid(name: str) -> None:
     assert spec.variants
 
 
+def test_demo_uses_the_gpus_ray_sees_and_search_tries_the_presets_first() -> None:
+    assert load_spec(SPECS / "demo.yaml").resources.gpu == "auto"
+    search = load_spec(SPECS / "search.yaml").search
+    assert search is not None and search.points_to_evaluate == "presets" and search.storage is None
+
+
+def test_pbt_needs_one_variant_and_refuses_mutating_a_term_the_variant_lacks() -> None:
+    pbt = {"type": "pbt", "max_t": 8, "perturbation_interval": 2, "mutations": {"lr": {"low": 1e-5, "high": 1e-3}}}
+    spec = parse_spec({**BASE, "variants": ["gp"], "scheduler": pbt})
+    assert spec.scheduler.type == "pbt" and spec.scheduler.population == 4
+    no_penalty = {**pbt, "mutations": {"penalty_weight": {"low": 1.0, "high": 20.0}}}
+    with pytest.raises(SpecError, match="has no such term"):
+        parse_spec({**BASE, "variants": ["sn"], "scheduler": no_penalty})
+    with pytest.raises(SpecError, match="multiple of eval.every"):
+        parse_spec({**BASE, "variants": ["gp"], "scheduler": {**pbt, "perturbation_interval": 3}})
+
+
 def test_paper_spec_is_the_paper_experiment() -> None:
     spec = load_spec(SPECS / "paper.yaml")
     assert sorted(spec.variants) == sorted(["gp", "sn_gp", "sn", "zero_gp", "one_sided", "drift"])
@@ -67,6 +84,21 @@ def test_paper_spec_is_the_paper_experiment() -> None:
         ("search", {"num_samples": 2, "space": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range"),
         ("overrides", {"r1": {"penalty_weight": 1.0}}, "does not run"),
         ("overrides", {"gp": {"penalty": "zero_centered"}}, "overrides"),
+        ("resources.gpu", "some", "gpu"),
+        ("scheduler", {"max_t": 8, "perturbation_interval": 2}, "only apply to type: pbt"),
+        ("scheduler", {"type": "pbt", "max_t": 8, "mutations": {"lr": {"low": 1e-5, "high": 1e-3}}},
+         "perturbation_interval"),
+        ("scheduler", {"type": "pbt", "max_t": 8, "perturbation_interval": 2}, "needs mutations"),
+        ("scheduler", {"type": "pbt", "max_t": 8, "perturbation_interval": 2,
+                       "mutations": {"width": {"low": 1, "high": 3}}}, "unknown PBT mutation"),
+        ("scheduler", {"type": "pbt", "max_t": 8, "perturbation_interval": 2,
+                       "mutations": {"beta1": {"low": 0.5, "high": 1.5}}}, "beta1"),
+        ("scheduler", {"type": "pbt", "max_t": 8, "perturbation_interval": 2,
+                       "mutations": {"lr": {"low": 1e-5, "high": 1e-3}}}, "one variant on one dataset"),
+        ("search", {"num_samples": 2, "space": {"lr": {"low": 1e-5, "high": 1e-3}},
+                    "points_to_evaluate": [{"n_critic": 2}]}, "not in the search space"),
+        ("search", {"num_samples": 2, "space": {"lr": {"low": 1e-5, "high": 1e-3}}, "points_to_evaluate": "best"},
+         "points_to_evaluate"),
     ],
 )
 def test_bad_specs_are_refused_with_the_key_named(path: str, value: object, message: str) -> None:

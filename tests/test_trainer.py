@@ -130,3 +130,22 @@ def test_bad_train_config_is_refused() -> None:
         TrainConfig(n_critic=0)
     with pytest.raises(ValueError):
         ModelConfig(frames=8)
+
+
+def test_restore_under_a_new_config_keeps_the_moments_and_takes_the_new_lr_and_betas(tmp_path) -> None:
+    # What a PBT exploit does: another trial's checkpoint, restored by a trainer built from a perturbed config.
+    donor = Trainer(TINY, get_variant("gp"), TRAIN)
+    donor.fit(synthetic_batches(TINY, TRAIN.batch_size), 2)
+    path = donor.save(tmp_path / "donor.pt")
+    perturbed = TRAIN.model_copy(update={"lr": TRAIN.lr * 1.2, "betas": (0.4, 0.99)})
+    clone = Trainer(TINY, get_variant("gp", penalty_weight=8.0), perturbed)
+    clone.load_state_dict(read_checkpoint(path))
+    for opt, ref in ((clone.opt_g, donor.opt_g), (clone.opt_d, donor.opt_d)):
+        assert all(g["lr"] == pytest.approx(TRAIN.lr * 1.2) and g["betas"] == (0.4, 0.99) for g in opt.param_groups)
+        first = next(iter(ref.state))
+        index = list(ref.state).index(first)
+        assert torch.equal(list(opt.state.values())[index]["exp_avg"], ref.state[first]["exp_avg"])
+    assert clone.iteration == 2 and clone.variant.penalty_weight == 8.0
+    # a plain resume (same config) is unchanged by this
+    same = Trainer.load(path)
+    assert all(g["lr"] == TRAIN.lr and g["betas"] == TRAIN.betas for g in same.opt_g.param_groups)

@@ -1,27 +1,86 @@
-"""``vidgan sweep SPEC`` and ``vidgan demo``: run a sweep from a YAML spec (also as a Ray job entrypoint)."""
+"""``vidgan sweep SPEC`` and ``vidgan demo``: run a sweep from a YAML spec (also as a Ray job entrypoint).
+
+This module is imported by the ``vidgan`` command for every subcommand, so it imports nothing heavy at
+import time: Ray, MLflow and Optuna (the ``vidgan[sweep]`` extra) are looked for only when a sweep runs,
+and their absence is one line saying how to install them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 import sys
 import time
 from pathlib import Path
 
 SPEC_DIR = Path(__file__).resolve().parent
 DEMO_SPEC = SPEC_DIR / "demo.yaml"
+#: what `vidgan sweep` imports beyond the core package (the `sweep` extra)
+SWEEP_PACKAGES = ("ray", "mlflow", "optuna")
+
+log = logging.getLogger("tune_jobs.cli")
+
+
+def missing_sweep_packages() -> list[str]:
+    """The packages of the ``vidgan[sweep]`` extra that are not installed (found without importing them)."""
+    missing = []
+    for name in SWEEP_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def setup_logging(verbose: int) -> None:
+    """Log lines of the service (``tune_jobs``, ``vidgan``) go to stderr as ``[vidgan] message``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[vidgan] %(message)s"))
+    for name in ("tune_jobs", "vidgan"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_vidgan", False) for h in logger.handlers):
+            handler._vidgan = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose > 2 else logging.INFO)
+        logger.propagate = False
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _run(spec: str | Path, args: argparse.Namespace) -> int:
+    missing = missing_sweep_packages()
+    if missing:
+        print(f"vidgan sweep: error: {', '.join(missing)} not installed (the sweep service needs Ray, MLflow and "
+              "Optuna): pip install 'vidgan[sweep]'", file=sys.stderr)
+        return 2
+    setup_logging(args.verbose)
+    from tune_jobs import plan
     from tune_jobs.spec import SpecError
     from tune_jobs.tracking import TrackingUnavailable
 
     start = time.perf_counter()
     try:
+        checked, lines = plan.check(spec, address=args.address)
+    except (SpecError, TrackingUnavailable) as exc:
+        print(f"vidgan sweep: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("\n".join(lines))
+        print("spec, datasets and MLflow OK; nothing started (drop --check to run it)")
+        return 0
+    for line in lines:
+        log.info(line)
+    try:
         from tune_jobs.sweep import run_sweep
 
-        outcome = run_sweep(spec, address=args.address, name=args.name, resume=args.resume, verbose=args.verbose)
+        outcome = run_sweep(checked, address=args.address, name=args.name, resume=args.resume, verbose=args.verbose)
     except (SpecError, TrackingUnavailable) as exc:
-        print(f"vidgan sweep: error: {exc}", file=sys.stderr)
+        print(f"vidgan sweep: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - start
     from tune_jobs.report import TRIAL_ENDS
@@ -33,9 +92,10 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
         f"\nEarly stopping saved {outcome.iterations_saved:.0%} of the generator iterations of running every trial "
         f"to the end. Wall time {wall:.0f} s."
     )
+    from tune_jobs.tracking import run_open_lines
+
     print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
-    if outcome.tracking_uri.startswith("sqlite:///"):
-        print(f"Open it with:  mlflow ui --backend-store-uri {outcome.tracking_uri}   (http://127.0.0.1:5000)")
+    print("\n".join(run_open_lines(outcome.tracking_uri, outcome.parent_run_id)))
     return 1 if counts["completed"] + counts["stopped_by_asha"] == 0 else 0
 
 
@@ -52,6 +112,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="sweep name (default: <spec name>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="resume the named (or latest) interrupted sweep")
     p.add_argument("-v", "--verbose", type=int, default=1, help="Tune verbosity 0-3 (default 1)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the spec, datasets and MLflow target, print the plan and exit (0 ok, 2 not) "
+                   "without starting Ray or a trial")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -22,6 +22,8 @@ from vidgan.config import ModelConfig, TrainConfig
 from vidgan.variants import PRESETS, Variant, get_variant
 
 SEARCHABLE = ("lr", "beta1", "beta2", "penalty_weight", "n_critic", "drift_weight")
+#: hyperparameters that PBT may change between exploits (the model's shape must stay)
+PBT_MUTABLE = SEARCHABLE
 
 
 class SpecError(ValueError):
@@ -54,15 +56,41 @@ class EvalSpec(_Spec):
 
 
 class SchedulerSpec(_Spec):
-    type: Literal["asha", "fifo"] = "asha"
+    """ASHA (early stopping), FIFO (every trial to max_t) or PBT (population based training)."""
+
+    type: Literal["asha", "fifo", "pbt"] = "asha"
     max_t: int = Field(ge=1)  # generator iterations a trial may run
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
+    # PBT: every perturbation_interval iterations a trial in the bottom quantile_fraction copies the
+    # checkpoint and config of one in the top fraction, then perturbs the mutated hyperparameters
+    # (x1.2 / x0.8, or a resample with resample_probability; choices shift to a neighbour).
+    perturbation_interval: int | None = Field(None, ge=1)
+    population: int = Field(4, ge=2)  # trials trained side by side
+    mutations: dict[str, RangeSpec] = {}
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    synch: bool = False  # wait for the whole population at each interval (Ray's synchronous PBT)
 
     @model_validator(mode="after")
     def _check(self) -> SchedulerSpec:
         if self.grace_period > self.max_t:
             raise ValueError(f"grace_period {self.grace_period} exceeds max_t {self.max_t}")
+        pbt_keys = {"perturbation_interval", "mutations", "quantile_fraction", "resample_probability", "synch",
+                    "population"}
+        if self.type != "pbt":
+            stray = sorted(k for k in pbt_keys & self.model_fields_set)
+            if stray:
+                raise ValueError(f"{stray} only apply to type: pbt")
+            return self
+        if self.perturbation_interval is None:
+            raise ValueError("type pbt needs perturbation_interval (iterations between exploits)")
+        if not self.mutations:
+            raise ValueError(f"type pbt needs mutations over some of {list(PBT_MUTABLE)}")
+        unknown = sorted(set(self.mutations) - set(PBT_MUTABLE))
+        if unknown:
+            raise ValueError(f"unknown PBT mutation(s) {unknown}; mutable: {list(PBT_MUTABLE)}")
+        _check_ranges(self.mutations)
         return self
 
 
@@ -70,7 +98,9 @@ class ResourcesSpec(_Spec):
     """Per-trial reservation. ``gpu`` may be a fraction (several trials share a GPU) or a whole number."""
 
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    # a number, or auto: the GPUs Ray sees when the sweep starts decide (0 without GPUs; else 1 per trial,
+    # or an equal share of one when max_concurrent_trials trials would not each get a whole GPU)
+    gpu: float | Literal["auto"] = Field(0.0)
     # CPUs reserved in the trial's placement group for its Ray Data tasks (see vidgan.data). Ray Data's
     # planning tasks ask for one whole CPU, so this is 0 (stream with the in-process pyarrow reader
     # instead of Ray Data) or at least 1.
@@ -79,7 +109,9 @@ class ResourcesSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ResourcesSpec:
-        if self.gpu > 1 and self.gpu != int(self.gpu):
+        if self.gpu != "auto" and self.gpu < 0:
+            raise ValueError(f"gpu {self.gpu} must be >= 0 (or auto)")
+        if self.gpu != "auto" and self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu {self.gpu}: a fraction must be below 1, above 1 a whole number")
         if 0 < self.data_cpu < 1:
             raise ValueError(
@@ -112,6 +144,18 @@ class RangeSpec(_Spec):
         return self
 
 
+def _check_ranges(space: dict[str, RangeSpec]) -> None:
+    bounds = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0), "lr": (0.0, 1.0)}
+    for key, (lo, hi) in bounds.items():
+        r = space.get(key)
+        values = r.choices if r and r.choices else ([r.low, r.high] if r else [])
+        if any(not lo <= v < hi for v in values):
+            raise ValueError(f"search range of {key} must lie in [{lo}, {hi})")
+    nc = space.get("n_critic")
+    if nc and any(v < 1 or v != int(v) for v in (nc.choices or [nc.low, nc.high])):
+        raise ValueError("n_critic values must be whole numbers >= 1")
+
+
 class SearchSpec(_Spec):
     """Optuna TPE over per-variant hyperparameters (define-by-run: a parameter exists only where it applies)."""
 
@@ -119,21 +163,26 @@ class SearchSpec(_Spec):
     num_samples: int = Field(ge=1)  # trials in total, shared round-robin between the variants
     seed: int = 0
     space: dict[str, RangeSpec]
+    # The Optuna study: an RDB URL (sqlite:///..., postgresql://...) that optuna-dashboard opens and a resumed
+    # search warm-starts from; default sqlite optuna.db beside a SQLite mlflow.db (else $VIDGAN_OPTUNA_STORAGE,
+    # else ./optuna.db); "memory" keeps it in memory. study_name default: the sweep's name.
+    storage: str | None = None
+    study_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Tried first, each on every variant (one round of the variants per point): "presets" (the spec's train
+    # settings and each variant's preset penalty/drift weights) or points such as {lr: 1e-4, n_critic: 5}.
+    points_to_evaluate: Literal["presets"] | list[dict[str, float]] = []
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpec:
         unknown = sorted(set(self.space) - set(SEARCHABLE))
         if unknown:
             raise ValueError(f"unknown search parameter(s) {unknown}; searchable: {list(SEARCHABLE)}")
-        bounds = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0), "lr": (0.0, 1.0)}
-        for key, (lo, hi) in bounds.items():
-            r = self.space.get(key)
-            values = r.choices if r and r.choices else ([r.low, r.high] if r else [])
-            if any(not lo <= v < hi for v in values):
-                raise ValueError(f"search range of {key} must lie in [{lo}, {hi})")
-        nc = self.space.get("n_critic")
-        if nc and any(v < 1 or v != int(v) for v in (nc.choices or [nc.low, nc.high])):
-            raise ValueError("n_critic values must be whole numbers >= 1")
+        _check_ranges(self.space)
+        if isinstance(self.points_to_evaluate, list):
+            for point in self.points_to_evaluate:
+                stray = sorted(set(point) - set(self.space))
+                if stray:
+                    raise ValueError(f"points_to_evaluate: {stray} are not in the search space {sorted(self.space)}")
         return self
 
 
@@ -178,11 +227,32 @@ class SweepSpec(_Spec):
             raise ValueError(f"dataset names must be unique, got {names}")
         if self.eval.frames > self.model.frames:
             raise ValueError(f"eval.frames {self.eval.frames} exceeds the model's {self.model.frames} frames")
-        if self.eval.every > self.scheduler.grace_period:
+        if self.scheduler.type != "pbt" and self.eval.every > self.scheduler.grace_period:
             raise ValueError(
                 f"eval.every {self.eval.every} exceeds scheduler.grace_period {self.scheduler.grace_period}: "
                 "ASHA could not judge a trial at its first rung"
             )
+        if self.scheduler.type == "pbt":
+            if self.search is not None:
+                raise ValueError(
+                    "scheduler pbt cannot be combined with a search (PBT explores by itself); drop search or "
+                    "use scheduler asha/fifo"
+                )
+            if len(self.variants) != 1 or len(self.datasets) != 1:
+                raise ValueError(
+                    "scheduler pbt trains a population of one variant on one dataset (an exploit copies "
+                    "weights between trials, and the variants' critics differ); run one PBT sweep per variant"
+                )
+            if self.scheduler.perturbation_interval % self.eval.every:
+                raise ValueError(
+                    f"scheduler.perturbation_interval {self.scheduler.perturbation_interval} must be a multiple of "
+                    f"eval.every {self.eval.every} (trials report and checkpoint at evaluations)"
+                )
+            preset = self.variant(self.variants[0])
+            moot = [k for k, has in (("penalty_weight", preset.has_penalty), ("drift_weight", preset.has_drift))
+                    if k in self.scheduler.mutations and not has]
+            if moot:
+                raise ValueError(f"scheduler.mutations {moot}: variant {self.variants[0]!r} has no such term")
         if self.resources.gpu == 0 and self.train.bf16:
             raise ValueError("train.bf16 needs GPU trials (resources.gpu > 0)")
         return self

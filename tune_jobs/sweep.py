@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tune_jobs import report, tracking
+from tune_jobs import explore, report, runtime, tracking
 from tune_jobs.resources import trial_resources
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
@@ -48,8 +48,13 @@ class SweepOutcome:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def prepare_datasets(spec: SweepSpec) -> None:
-    """Make the sample dataset where asked, then check every dataset fits the model and the evaluation."""
+def prepare_datasets(spec: SweepSpec, build_samples: bool = True) -> dict[str, int]:
+    """Make the sample dataset where asked, then check every dataset fits the model and the evaluation.
+
+    Returns the clips of each dataset. With ``build_samples=False`` (``--check``) a missing sample dataset
+    is not built: it counts 0 clips and is left for the sweep to make.
+    """
+    clips: dict[str, int] = {}
     for ds in spec.datasets:
         try:
             shard_set = shards.verified(ds.path)  # every shard's size and sha256, before any trial reads it
@@ -58,9 +63,12 @@ def prepare_datasets(spec: SweepSpec) -> None:
                 raise SpecError(
                     f"dataset {ds.name!r}: no shard directory at {ds.path} (run `vidgan ingest ... --out {ds.path}`)"
                 ) from None
+            if not build_samples:
+                clips[ds.name] = 0
+                continue
             from vidgan.ingest import IngestError, ingest_sample
 
-            print(f"[vidgan] ingesting the sample videos into {ds.path} ...", flush=True)
+            log.info("ingesting the sample videos into %s ...", ds.path)
             try:
                 ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
             except (IngestError, OSError) as exc:  # no sample videos installed, an unwritable path, ...
@@ -81,6 +89,8 @@ def prepare_datasets(spec: SweepSpec) -> None:
             )
         if total < spec.train.batch_size:
             raise SpecError(f"dataset {ds.name!r} holds {total} clips, fewer than one batch of {spec.train.batch_size}")
+        clips[ds.name] = total
+    return clips
 
 
 def prepare_real_statistics(spec: SweepSpec) -> None:
@@ -91,20 +101,34 @@ def prepare_real_statistics(spec: SweepSpec) -> None:
     import ray
 
     from vidgan.fvd import real_features
+    from vidgan.progress import progress, run_reporting
 
     ev = spec.eval
     gpu = 1 if spec.resources.gpu > 0 else 0
 
-    def compute(path: str) -> tuple[int, ...]:
+    def compute(path: str) -> Any:
+        """A streaming task: yields clip counts as the I3D pass goes, the features' shape last."""
         import torch
 
         # a node whose GPUs are only logical (the local rehearsal) falls back to the CPU
         device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
-        return real_features(path, ev.n_real, ev.frames, device=device, batch_size=ev.batch_size).shape
+        yield from run_reporting(
+            lambda report: real_features(
+                path, ev.n_real, ev.frames, device=device, batch_size=ev.batch_size, on_clips=report
+            ).shape
+        )
 
-    task = ray.remote(num_cpus=1, num_gpus=gpu)(compute)
-    print(f"[vidgan] real statistics: {ev.n_real} clips x {ev.frames} frames per dataset ...", flush=True)
-    ray.get([task.remote(ds.path) for ds in spec.datasets])
+    task = ray.remote(num_cpus=1, num_gpus=gpu, num_returns="streaming")(compute)
+    log.info("real statistics: %d clips x %d frames per dataset (cached after the first time) ...", ev.n_real,
+             ev.frames)
+    for position, ds in enumerate(spec.datasets):  # one after another: each bar is one dataset's pass
+        with progress(total=ev.n_real, desc=f"real I3D features {ds.name}", unit="clip", position=position) as bar:
+            for ref in task.remote(ds.path):
+                value = ray.get(ref)
+                if isinstance(value, int):
+                    bar.update(value)
+                elif bar.n == 0:
+                    bar.set_postfix_str("cached")
 
 
 # ------------------------------------------------------------------------------------------ tune
@@ -137,10 +161,14 @@ def define_by_run(
     return chosen
 
 
-def _tune_setup(spec: SweepSpec) -> tuple[dict[str, Any] | None, Any, int]:
+def _tune_setup(
+    spec: SweepSpec, name: str = "vidgan", tracking_uri: str = "sqlite:///mlflow.db"
+) -> tuple[dict[str, Any] | None, Any, int]:
     """(param_space, search_alg, num_samples)."""
     from ray import tune
 
+    if spec.scheduler.type == "pbt":
+        return explore.pbt_param_space(spec), None, spec.scheduler.population
     if spec.search is None:
         space = {
             "variant": tune.grid_search(spec.variants),
@@ -148,9 +176,6 @@ def _tune_setup(spec: SweepSpec) -> tuple[dict[str, Any] | None, Any, int]:
             "seed": tune.grid_search(spec.seeds),
         }
         return space, None, 1
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
     if len(spec.datasets) != 1 or len(spec.seeds) != 1:
         raise SpecError("a search sweep takes one dataset and one seed")
     fn = functools.partial(
@@ -161,12 +186,9 @@ def _tune_setup(spec: SweepSpec) -> tuple[dict[str, Any] | None, Any, int]:
         drifts={v: spec.variant(v).has_drift for v in spec.variants},
         constants={"dataset": spec.datasets[0].name, "seed": spec.seeds[0]},
     )
-    searcher = OptunaSearch(
-        space=fn,
-        metric=spec.eval.metric,
-        mode="min",
-        sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
-    )
+    storage = explore.optuna_storage(spec, tracking_uri)
+    log.info("Optuna study %s in %s", spec.search.study_name or name, storage or "memory")
+    searcher = explore.optuna_searcher(spec, fn, name, storage)
     return None, searcher, spec.search.num_samples
 
 
@@ -176,6 +198,8 @@ def _scheduler(spec: SweepSpec) -> Any:
     s = spec.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
+    if s.type == "pbt":
+        return explore.pbt_scheduler(spec)
     return ASHAScheduler(
         time_attr="iteration", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor
     )
@@ -249,7 +273,23 @@ def run_sweep(
     from ray import tune
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=verbose > 1)
+        try:
+            runtime.connect(address, include_dashboard=False if address is None else None,
+                            log_to_driver=verbose > 1)
+        except runtime.ClusterMismatch as exc:
+            raise SpecError(str(exc)) from None
+    if address is not None:
+        try:
+            runtime.check_cluster_python()
+        except runtime.ClusterMismatch as exc:
+            raise SpecError(str(exc)) from None
+    gpus = ray.cluster_resources().get("GPU", 0)
+    auto = spec.resources.gpu == "auto"
+    spec = runtime.resolve_gpu(spec, gpus)
+    log.info("trials: %s", runtime.describe_gpu(spec.resources.gpu, gpus, auto))
+    if auto and gpus == 0 and address is not None:
+        log.warning("resources.gpu auto: no GPU node is up now, so the trials run on CPUs; on an autoscaling "
+                    "cluster set resources.gpu to a number so that pending trials bring GPU nodes up")
     prepare_real_statistics(spec)
 
     experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
@@ -268,10 +308,10 @@ def run_sweep(
         trial_resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu, data_cpu=spec.resources.data_cpu),
     )
     if resume and tune.Tuner.can_restore(exp_path):
-        print(f"[vidgan] resuming sweep {name} from {exp_path}", flush=True)
+        log.info("resuming sweep %s from %s", name, exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        param_space, searcher, num_samples = _tune_setup(spec)
+        param_space, searcher, num_samples = _tune_setup(spec, name=name, tracking_uri=uri)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,

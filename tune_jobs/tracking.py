@@ -38,6 +38,9 @@ TAG_DATASET = "vidgan.dataset"
 TAG_END = "vidgan.end"  # a report.TrialEnd
 TAG_REASON = "vidgan.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_CLONED_FROM = "vidgan.pbt.cloned_from"  # the trial whose checkpoint a PBT exploit copied (the latest)
+TAG_CLONED_AT = "vidgan.pbt.cloned_at_iteration"
+TAG_EXPLOITS = "vidgan.pbt.exploits"  # every exploit of this trial: "<donor>@<iteration>,..."
 
 
 #: MLflow's credentials for a tracking server (basic auth or a bearer token), read from the environment
@@ -260,7 +263,7 @@ class TrialLogger:
     def __init__(self, ctx: SweepContext, trial: Trial, trial_id: str) -> None:
         from tune_jobs.metrics import TrialMetrics
 
-        self.ctx, self.trial = ctx, trial
+        self.ctx, self.trial, self.trial_id = ctx, trial, trial_id
         os.environ.update(ctx.auth_env)  # MLflow reads them from the environment at each request
         self.run_id, _ = find_or_create_trial_run(
             ctx.tracking_uri,
@@ -309,6 +312,16 @@ class TrialLogger:
         metric = self.ctx.spec.eval.metric
         curve = [(int(h["iteration"]), float(h[metric])) for h in history]
         self.tracker.log_artifact(plot_curves({self.trial.run_name: curve}, folder / f"{metric}_curve.png", metric))
+
+    def restored(self, owner: str | None, iteration: int) -> None:
+        """Note where a restored checkpoint came from: another trial's means PBT cloned that trial into this one."""
+        if owner is None or owner == self.trial_id:
+            return
+        tags = self.tracker.client.get_run(self.run_id).data.tags
+        exploits = [e for e in tags.get(TAG_EXPLOITS, "").split(",") if e] + [f"{owner}@{iteration}"]
+        self.tracker.set_tags(
+            {TAG_CLONED_FROM: owner, TAG_CLONED_AT: str(iteration), TAG_EXPLOITS: ",".join(exploits)[-5000:]}
+        )
 
     def completed(self) -> None:
         self.tracker.set_tags({TAG_END: "completed"})

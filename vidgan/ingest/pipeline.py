@@ -154,7 +154,12 @@ def _use_ray(cfg: IngestConfig, n: int) -> tuple[bool, bool]:
     big_local = n >= 4 * cfg.ray_min_sources and (os.cpu_count() or 1) > 1
     if cfg.parallel == "auto" and not (n >= cfg.ray_min_sources and (ray_up or address or big_local)):
         return False, False
-    import ray
+    try:
+        import ray
+    except ImportError:  # a core install (no vidgan[sweep] extra): decode in this process
+        if cfg.parallel == "ray":
+            raise IngestError("--parallel ray needs Ray: pip install 'vidgan[sweep]'") from None
+        return False, False
 
     started = False
     if not ray.is_initialized():
