@@ -375,6 +375,9 @@ def test_penalty_and_drift_weights_must_be_finite() -> None:
             "eval": {"every": 1, "n_real": 2, "n_fake": 2}, "scheduler": {"max_t": 2}}
     with pytest.raises(SpecError, match="finite"):
         parse_spec({**spec, "overrides": {"gp": {"penalty_weight": float("inf")}}})
+    search = {"num_samples": 2, "space": {"penalty_weight": {"low": 1.0, "high": float("inf")}}}
+    with pytest.raises(SpecError, match="finite"):  # refused when loaded, not in a trial
+        parse_spec({**spec, "search": search})
 
 
 def test_spec_files_refused_before_parsing(tmp_path: Path) -> None:

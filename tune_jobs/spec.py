@@ -122,7 +122,9 @@ class ResourcesSpec(_Spec):
 
 
 class RangeSpec(_Spec):
-    """A float/int range (``low``, ``high``, optional ``log``) or a list of ``choices``."""
+    """A float/int range (``low``, ``high``, optional ``log``) or a list of ``choices``, all finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     low: float | None = None
     high: float | None = None
