@@ -107,6 +107,8 @@ def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(wor
     assert done.data.tags[tracking.TAG_DATASET] == "sample"
     history = client.get_metric_history(done.info.run_id, "fvd")
     assert sorted(m.step for m in history) == [2, 4, 6]
+    for key in ("fvd_raw", "fvd_ci_low", "fvd_ci_high", "fvd_smooth"):  # at every evaluation
+        assert sorted(m.step for m in client.get_metric_history(done.info.run_id, key)) == [2, 4, 6], key
     artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
     assert {"samples", "fvd_curve.png", "best_checkpoint"} <= artifacts
     samples = {a.path for a in client.list_artifacts(done.info.run_id, "samples")}
@@ -242,6 +244,72 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path) -> None:
     assert len(nested) == 2  # no duplicate runs after the resume
     for run in nested:
         assert {m.step for m in _client(workdir).get_metric_history(run.info.run_id, "fvd")} == {2, 4, 6}
+
+
+class _RecordingASHA:
+    """Mixed into the sweep's own ASHAScheduler: what each result it judged held (this process runs Tune's loop)."""
+
+    seen: list[dict] = []
+    instance = None
+
+    def on_trial_result(self, tune_controller, trial, result):  # noqa: ANN001, ANN201 - Tune's signature
+        _RecordingASHA.instance = self
+        _RecordingASHA.seen.append({"trial": trial.trial_id, "metric": self._metric, **result})
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def test_asha_decides_on_the_smoothed_score_and_the_table_aggregates_seeds(workdir: Path, monkeypatch) -> None:
+    # One variant x 2 seeds, an evaluation every iteration, ASHA's first rung at 2: by then a trial has two FVDs,
+    # and mean_last over k=2 differs from the latest one, so the rung shows which of the two ASHA was given.
+    import csv
+
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tune_jobs import sweep
+    from tune_jobs.spec import SmoothingSpec
+
+    build = sweep._scheduler
+
+    def recording(spec):  # noqa: ANN001, ANN202
+        scheduler = build(spec)
+        assert isinstance(scheduler, ASHAScheduler)
+        scheduler.__class__ = type("RecordingASHA", (_RecordingASHA, ASHAScheduler), {})
+        return scheduler
+
+    monkeypatch.setattr(sweep, "_scheduler", recording)
+    _RecordingASHA.seen.clear()
+    lean_eval = {"every": 1, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 0,
+                 "smoothing": {"rule": "mean_last", "k": 2}}
+    spec = parse_spec(_spec(workdir, name="smooth", seeds=[0, 1], eval=lean_eval,
+                            scheduler={"type": "asha", "max_t": 3, "grace_period": 2, "reduction_factor": 2}))
+    outcome = run_sweep(spec, name="smooth", verbose=0)
+
+    seen = _RecordingASHA.seen
+    assert seen and {s["metric"] for s in seen} == {"fvd_smooth"}
+    rule = SmoothingSpec(rule="mean_last", k=2)
+    for trial in {s["trial"] for s in seen}:
+        results = sorted((s for s in seen if s["trial"] == trial), key=lambda s: s["iteration"])
+        fvds = [s["fvd"] for s in results]
+        for i, s in enumerate(results):
+            assert s["fvd_smooth"] == pytest.approx(rule.apply(fvds[: i + 1]), rel=1e-12)
+            assert s["fvd_ci_low"] < s["fvd_ci_high"] and s["fvd_raw"] > 0
+        # what ASHA recorded at its rung (iteration 2) is -fvd_smooth there, not -fvd
+        at_rung = results[1]
+        assert at_rung["fvd_smooth"] != at_rung["fvd"]
+    rungs = dict(_RecordingASHA.instance._brackets[0]._rungs)  # milestone -> {trial id: -metric}
+    assert rungs[2]
+    for trial, reward in rungs[2].items():
+        at_rung = next(s for s in seen if s["trial"] == trial and s["iteration"] == 2)
+        assert reward == pytest.approx(-at_rung["fvd_smooth"], rel=1e-12)
+
+    assert sorted(r.seed for r in outcome.rows) == [0, 1]
+    (gp,) = outcome.variants
+    assert (gp.variant, gp.n_seeds, gp.vs_best) == ("gp", 2, "best") and gp.fvd_ci95 > 0
+    client = _client(workdir)
+    (workdir / "smooth-dl").mkdir()
+    path = Path(client.download_artifacts(outcome.parent_run_id, "comparison.csv", str(workdir / "smooth-dl")))
+    table = list(csv.DictReader(path.open()))
+    assert table[0]["n_seeds"] == "2" and {"fvd_mean", "fvd_ci95", "vs_best"} <= set(table[0])
 
 
 def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the_donor(workdir: Path) -> None:

@@ -100,7 +100,7 @@ def optuna_searcher(spec: SweepSpec, space: Any, study_name: str, storage_url: s
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     return OptunaSearch(
         space=space,
-        metric=spec.eval.metric,
+        metric=spec.eval.scheduler_metric,  # the smoothed score (eval.smoothing)
         mode="min",
         sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
         study_name=spec.search.study_name or study_name,

@@ -24,6 +24,9 @@ class TrialRow:
     status: TrialEnd
     best_fvd: float = math.nan
     final_fvd: float = math.nan
+    best_fvd_raw: float = math.nan  # the raw generator's best FVD (best_fvd is the moving average's, by default)
+    best_fvd_ci_low: float = math.nan  # 95% bootstrap interval of the evaluation that gave best_fvd
+    best_fvd_ci_high: float = math.nan
     final_kvd: float = math.nan
     kvd_stderr: float = math.nan
     iterations: int = 0  # generator iterations (= generator updates)
@@ -33,12 +36,21 @@ class TrialRow:
     reason: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
+    @property
+    def best_fvd_ci(self) -> str:
+        """The markdown table's "its 95% CI" column."""
+        if math.isnan(self.best_fvd_ci_low):
+            return "-"
+        return f"{_fmt(self.best_fvd_ci_low)}-{_fmt(self.best_fvd_ci_high)}"
+
 
 COLUMNS = [
     ("variant", "variant"),
     ("dataset", "dataset"),
     ("seed", "seed"),
     ("best_fvd", "best FVD"),
+    ("best_fvd_ci", "its 95% CI"),
+    ("best_fvd_raw", "best raw FVD"),
     ("final_fvd", "final FVD"),
     ("final_kvd", "final KVD"),
     ("kvd_stderr", "KVD s.e."),
@@ -80,6 +92,136 @@ def to_csv(rows: list[TrialRow]) -> str:
     writer.writeheader()
     for r in sort_rows(rows):
         writer.writerow({k: v for k, v in asdict(r).items() if k != "curve"})
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ over seeds
+ALPHA = 0.05  # the level of the Welch tests
+
+
+@dataclass
+class VariantRow:
+    """One (variant, dataset) over its seeds: the mean of each trial's best FVD, a 95% t-interval half-width,
+    and Welch's t-test against the best variant of the dataset (the lowest mean).
+
+    ``rank`` = 1 + the number of variants of the dataset whose FVD is lower by a Welch test at 5%: variants
+    no test can tell apart share a rank (with one seed no test is possible, so all share rank 1).
+    ``vs_best``: ``best``, ``tied`` (p >= 0.05), ``worse`` (p < 0.05) or ``untested`` (a side with one seed).
+    """
+
+    variant: str
+    dataset: str
+    n_seeds: int  # scored trials (failed or diverged trials have no FVD and are not counted)
+    fvd_mean: float
+    fvd_ci95: float  # half-width: t_{0.975, n-1} * sd / sqrt(n); NaN with one seed
+    fvd_sd: float
+    rank: int
+    vs_best: str
+    p_value: float  # Welch's two-sided p against the best variant; NaN for the best and when untested
+    seeds: str = ""
+    completed: int = 0  # trials that ran to max_t (the others were stopped by ASHA, failed or diverged)
+    trials: int = 0
+    values: list[float] = field(default_factory=list, repr=False)  # each seed's best FVD
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances); NaN when a side has fewer than 2 values or
+    both have no spread."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def t_half_width(values: Sequence[float], level: float = 0.95) -> float:
+    """Half-width of the t-interval of the mean of ``values`` (NaN for fewer than 2)."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    from scipy import stats
+
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(stats.t.ppf(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n))
+
+
+def aggregate(rows: list[TrialRow], alpha: float = ALPHA) -> list[VariantRow]:
+    """Per (variant, dataset): each scored trial's best FVD summarised over seeds, tested against the best.
+    Sorted by dataset, rank, mean."""
+    groups: dict[tuple[str, str], list[TrialRow]] = {}
+    for r in rows:
+        groups.setdefault((r.dataset, r.variant), []).append(r)
+    out: list[VariantRow] = []
+    for dataset in sorted({d for d, _ in groups}):
+        here = []
+        for (d, variant), trials in sorted(groups.items()):
+            if d != dataset:
+                continue
+            scored = sorted((t for t in trials if not math.isnan(t.best_fvd)), key=lambda t: t.seed)
+            values = [t.best_fvd for t in scored]
+            n = len(values)
+            mean = sum(values) / n if n else math.nan
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+            here.append(VariantRow(
+                variant=variant, dataset=dataset, n_seeds=n, fvd_mean=mean, fvd_ci95=t_half_width(values),
+                fvd_sd=sd, rank=0, vs_best="", p_value=math.nan, seeds=",".join(str(t.seed) for t in scored),
+                completed=sum(t.status == "completed" for t in trials), trials=len(trials), values=values,
+            ))
+        ranked = sorted((v for v in here if v.n_seeds), key=lambda v: (v.fvd_mean, v.variant))
+        for v in ranked:
+            better = [u for u in ranked if u.fvd_mean < v.fvd_mean and welch_p(u.values, v.values) < alpha]
+            v.rank = 1 + len(better)
+        if ranked:
+            best = ranked[0]
+            best.vs_best = "best"
+            for v in ranked[1:]:
+                v.p_value = welch_p(best.values, v.values)
+                if math.isnan(v.p_value):
+                    v.vs_best = "untested"
+                else:
+                    v.vs_best = "worse" if v.p_value < alpha else "tied"
+        for v in here:
+            if not v.n_seeds:
+                v.rank, v.vs_best = len(ranked) + 1, "no score"
+        out += sorted(here, key=lambda v: (v.rank, math.isnan(v.fvd_mean), v.fvd_mean, v.variant))
+    return out
+
+
+def _vs_best(v: VariantRow) -> str:
+    if v.vs_best in ("worse", "tied"):
+        return f"{v.vs_best} (p={v.p_value:.2g})"
+    if v.vs_best == "untested":
+        return "untested (1 seed)"
+    return v.vs_best
+
+
+AGG_LEGEND = (
+    "FVD: mean over seeds of each trial's best FVD, +- the half-width of its 95% t-interval. vs best: Welch's "
+    "t-test against the variant with the lowest mean, 5% level, two-sided p. rank: 1 + the number of variants "
+    "with a lower FVD by that test; equal ranks are ties. ended: trials that ran to max_t / trials."
+)
+
+
+def markdown_variants(variants: list[VariantRow]) -> str:
+    """The comparison over seeds (one line per variant and dataset), with its legend."""
+    lines = ["| rank | variant | dataset | seeds | FVD mean +- 95% CI | vs best | ended |", "|" + "---|" * 7]
+    for v in variants:
+        ci = "" if math.isnan(v.fvd_ci95) else f" +- {v.fvd_ci95:.1f}"
+        rank = f"{v.rank}=" if sum(u.rank == v.rank and u.dataset == v.dataset for u in variants) > 1 else str(v.rank)
+        lines.append(f"| {rank} | {v.variant} | {v.dataset} | {v.n_seeds} | {_fmt(v.fvd_mean)}{ci} | {_vs_best(v)} | "
+                     f"{v.completed}/{v.trials} |")
+    return "\n".join(lines) + "\n\n" + AGG_LEGEND
+
+
+def variants_csv(variants: list[VariantRow]) -> str:
+    """comparison.csv: one line per (variant, dataset) over seeds."""
+    out = io.StringIO()
+    keys = [k for k in VariantRow.__dataclass_fields__ if k != "values"]
+    writer = csv.DictWriter(out, fieldnames=keys)
+    writer.writeheader()
+    for v in variants:
+        writer.writerow({k: getattr(v, k) for k in keys})
     return out.getvalue()
 
 

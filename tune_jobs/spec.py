@@ -10,7 +10,9 @@ reachable). Either raises :class:`SpecError` naming the problem, and no trial is
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +45,27 @@ class DatasetSpec(_Spec):
     sample_stride: int = Field(4, ge=1)  # frames between clip starts when building the sample
 
 
+class SmoothingSpec(_Spec):
+    """What schedulers (ASHA, PBT) and the Optuna searcher decide on: ``<metric>_smooth``, reported beside the
+    metric at every evaluation. ``mean_last``: the mean of the last ``k`` evaluations; ``best_so_far``: the
+    lowest so far; ``none``: the latest value. See benchmarks/asha_noise.py for why the default."""
+
+    rule: Literal["mean_last", "best_so_far", "none"] = "mean_last"
+    k: int = Field(3, ge=1)  # evaluations averaged by mean_last
+
+    def apply(self, values: Sequence[float]) -> float:
+        """The smoothed score of a trial's evaluations so far (oldest first; lower is better; NaNs skipped)."""
+        finite = [float(v) for v in values if v == v]
+        if not finite:
+            return math.nan
+        if self.rule == "best_so_far":
+            return min(finite)
+        if self.rule == "mean_last":
+            last = finite[-self.k :]
+            return sum(last) / len(last)
+        return finite[-1]
+
+
 class EvalSpec(_Spec):
     """FVD/KVD evaluation. FVD is only comparable between runs at equal ``n_fake`` and ``n_real``."""
 
@@ -53,6 +76,22 @@ class EvalSpec(_Spec):
     metric: Literal["fvd", "kvd"] = "fvd"
     batch_size: int = Field(8, ge=1)
     grid: int = Field(8, ge=0, le=64)  # clips in the sample video logged at each evaluation
+    # which generator `fvd` (and kvd, the interval, the samples) score: the moving average of the weights
+    # (train.ema) or the raw weights; the other one's FVD is logged as fvd_raw / fvd_ema
+    generator: Literal["ema", "raw"] = "ema"
+    bootstrap: int = Field(200, ge=0)  # resamples behind fvd_ci_low / fvd_ci_high (0: no interval)
+    smoothing: SmoothingSpec = SmoothingSpec()
+
+    @property
+    def scheduler_metric(self) -> str:
+        """The reported key that ASHA/PBT and the searcher decide on."""
+        return f"{self.metric}_smooth"
+
+    @model_validator(mode="after")
+    def _check_bootstrap(self) -> EvalSpec:
+        if 0 < self.bootstrap < 20:
+            raise ValueError(f"bootstrap {self.bootstrap}: 0 (no interval) or >= 20 resamples")
+        return self
 
 
 class SchedulerSpec(_Spec):
@@ -227,6 +266,8 @@ class SweepSpec(_Spec):
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"dataset names must be unique, got {names}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be one or more distinct numbers, got {self.seeds}")
         if self.eval.frames > self.model.frames:
             raise ValueError(f"eval.frames {self.eval.frames} exceeds the model's {self.model.frames} frames")
         if self.scheduler.type != "pbt" and self.eval.every > self.scheduler.grace_period:
@@ -257,6 +298,8 @@ class SweepSpec(_Spec):
                 raise ValueError(f"scheduler.mutations {moot}: variant {self.variants[0]!r} has no such term")
         if self.resources.gpu == 0 and self.train.bf16:
             raise ValueError("train.bf16 needs GPU trials (resources.gpu > 0)")
+        if self.eval.generator == "ema" and not self.train.ema:
+            raise ValueError("eval.generator ema needs train.ema (or set eval.generator: raw)")
         return self
 
     def variant(self, name: str, params: dict[str, Any] | None = None) -> Variant:

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ class SweepOutcome:
     parent_run_id: str
     tracking_uri: str
     rows: list[report.TrialRow]
-    table: str
+    table: str  # the comparison over seeds, then the trials
     iterations_saved: float
+    variants: list[report.VariantRow] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -316,7 +317,7 @@ def run_sweep(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=spec.eval.metric,
+                metric=spec.eval.scheduler_metric,  # the smoothed score (eval.smoothing)
                 mode="min",
                 scheduler=_scheduler(spec),
                 search_alg=searcher,
@@ -361,6 +362,11 @@ def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.Tr
             df = df.dropna(subset=["fvd"])
             last = df.iloc[-1]
             row.best_fvd, row.final_fvd = float(df["fvd"].min()), float(last["fvd"])
+            best = df.loc[df["fvd"].idxmin()]
+            if "fvd_raw" in df:
+                row.best_fvd_raw = float(df["fvd_raw"].min())
+            if "fvd_ci_low" in df:
+                row.best_fvd_ci_low, row.best_fvd_ci_high = float(best["fvd_ci_low"]), float(best["fvd_ci_high"])
             row.final_kvd, row.kvd_stderr = float(last["kvd"]), float(last["kvd_stderr"])
             row.iterations = int(last["iteration"])
             row.critic_updates = int(last["critic_updates"])
@@ -403,15 +409,18 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
                 tracker.log_artifact(Path(folder) / CHECKPOINT_FILE, "best_checkpoint")
         tracker.finish("FAILED" if row.status in ("failed", "diverged") else "FINISHED")
 
-    table = report.markdown(rows)
+    variants = report.aggregate(rows)
+    table = (f"Over seeds ({len(spec.seeds)} per variant):\n\n" + report.markdown_variants(variants)
+             + "\n\nTrials:\n\n" + report.markdown(rows))
     saved = report.iterations_saved(rows, spec.scheduler.max_t)
     parent = tracking.Tracker(ctx.tracking_uri, ctx.parent_run_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "comparison.md").write_text(table + "\n")
-        (folder / "comparison.csv").write_text(report.to_csv(rows))
+        (folder / "comparison.csv").write_text(report.variants_csv(variants))
+        (folder / "trials.csv").write_text(report.to_csv(rows))
         report.plot_curves(report.curves(rows), folder / "fvd_vs_iterations.png", spec.eval.metric)
-        for f in ("comparison.md", "comparison.csv", "fvd_vs_iterations.png"):
+        for f in ("comparison.md", "comparison.csv", "trials.csv", "fvd_vs_iterations.png"):
             parent.log_artifact(folder / f)
     finished = [r for r in rows if not math.isnan(r.best_fvd)]
     metrics: dict[str, float] = {"trials": len(rows), "iterations_saved_fraction": saved}
@@ -422,5 +431,5 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     parent.finish("FINISHED")
     return SweepOutcome(
         name=ctx.sweep, path=exp_path, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,
-        rows=rows, table=table, iterations_saved=saved,
+        rows=rows, table=table, iterations_saved=saved, variants=variants,
     )

@@ -25,6 +25,8 @@ from vidgan.trainer import Trainer, TrainingDiverged, read_checkpoint
 #: file names inside a trial's Tune checkpoint folder
 CHECKPOINT_FILE = "trainer.pt"
 HISTORY_FILE = "history.json"
+#: what a trial's history (in its checkpoint) keeps of each evaluation
+HISTORY_KEYS = ("iteration", "fvd", "fvd_raw", "fvd_ema", "fvd_ci_low", "fvd_ci_high", "kvd", "kvd_stderr")
 OWNER_FILE = "owner.json"  # the trial that wrote the checkpoint: another trial's means a PBT exploit
 
 
@@ -43,7 +45,9 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     logger.restored(checkpoint_owner(tune.get_checkpoint()), trainer.iteration)
     ev, max_t = spec.eval, spec.scheduler.max_t
     real = real_features(trial.dataset.path, ev.n_real, ev.frames, batch_size=ev.batch_size)
-    evaluator = FVDEvaluator(real, ev.n_fake, ev.frames, device=trainer.device, batch_size=ev.batch_size)
+    evaluator = FVDEvaluator(
+        real, ev.n_fake, ev.frames, device=trainer.device, batch_size=ev.batch_size, n_boot=ev.bootstrap
+    )
     grid_z = evaluator.latents(spec.model.z_dim)[: ev.grid]
     batches = open_stream(spec, trial, trainer.iteration)
     window = ThroughputWindow(trial.train_config.batch_size * trial.train_config.n_critic)
@@ -58,12 +62,13 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         if trainer.iteration % ev.every and trainer.iteration < max_t:
             continue
         t0 = time.perf_counter()
-        scores = evaluator.evaluate(trainer.generator)
+        scores = score_generators(evaluator, trainer, ev.generator)
         result = {**window.summary(), **evaluation_metrics(trainer, scores, ev.n_real),
                   **hyperparameters(trainer), "eval_time_s": time.perf_counter() - t0}
-        history.append({k: float(result[k]) for k in ("iteration", "fvd", "kvd", "kvd_stderr")})
+        history.append({k: float(result[k]) for k in HISTORY_KEYS if k in result})
+        result[ev.scheduler_metric] = ev.smoothing.apply([h[ev.metric] for h in history])
         with tempfile.TemporaryDirectory(prefix="vidgan-trial-") as tmp:
-            samples = sample_clips(trainer.generator, grid_z) if ev.grid else None
+            samples = sample_clips(sampling_generator(trainer), grid_z) if ev.grid else None
             logger.report(result, history, samples, Path(tmp))
             if trainer.iteration >= max_t:
                 logger.completed()
@@ -132,11 +137,29 @@ def open_stream(spec: SweepSpec, trial: Trial, iteration: int) -> Iterator[torch
     return stream(trial.dataset.path, trial.train_config.batch_size, shuffle=True, flip=True, seed=seed)
 
 
+def sampling_generator(trainer: Trainer) -> torch.nn.Module:
+    """The generator sample videos show: the moving average when the trainer keeps one."""
+    return trainer.ema.module if trainer.ema is not None else trainer.generator
+
+
+def score_generators(evaluator: Any, trainer: Trainer, which: str = "ema") -> dict[str, float | int]:
+    """Score ``which`` generator (``ema`` or ``raw``) fully (fvd, its interval, kvd) and the other one's FVD
+    alone: the result holds ``fvd_raw`` always and ``fvd_ema`` when the trainer keeps a moving average."""
+    if trainer.ema is None:
+        scores = evaluator.evaluate(trainer.generator)
+        return {**scores, "fvd_raw": scores["fvd"]}
+    nets = {"ema": trainer.ema.module, "raw": trainer.generator}
+    other = "raw" if which == "ema" else "ema"
+    scores = evaluator.evaluate(nets[which])
+    return {**scores, f"fvd_{which}": scores["fvd"], f"fvd_{other}": evaluator.fvd(nets[other])}
+
+
 def evaluation_metrics(trainer: Trainer, scores: dict[str, float | int], n_real: int) -> dict[str, float]:
     """What Tune, MLflow and the gauges get at an evaluation, besides throughput."""
     on_gpu = trainer.device.type == "cuda"
     return {
         "fvd": scores["fvd"],
+        **{k: scores[k] for k in ("fvd_raw", "fvd_ema", "fvd_ci_low", "fvd_ci_high") if k in scores},
         "kvd": scores["kvd"],
         "kvd_stderr": scores["kvd_stderr"],
         "n_fake": scores["n"],
