@@ -93,3 +93,72 @@ def test_train_cli_with_resume(shards: str, tmp_path: Path) -> None:
 
     assert Trainer.load(ck).iteration == 2
     assert main(["train", "--data", str(tmp_path / "none")]) == 2
+
+
+# ------------------------------------------------------------------ batches assembled ahead (issue #10)
+def _threads() -> set[str]:
+    import threading
+
+    return {t.name for t in threading.enumerate() if t.name.startswith("vidgan-")}
+
+
+def test_background_producer_gives_the_same_batches_and_stops(shards: str) -> None:
+    before = _threads()
+    inline = list(itertools.islice(arrow_clip_batches(shards, 4, seed=2, flip=True, read_ahead=0, prefetch=0), 5))
+    it = arrow_clip_batches(shards, 4, seed=2, flip=True, prefetch=2)
+    ahead = list(itertools.islice(it, 5))
+    assert {"vidgan-batches", "vidgan-read-ahead"} <= _threads()
+    assert all(torch.equal(a, b) for a, b in zip(inline, ahead, strict=True))
+    assert len({a.data_ptr() for a in ahead}) == 5  # each batch in its own buffer: the consumer may keep them
+    it.close()  # stops and joins both threads
+    assert _threads() == before
+
+
+def test_producer_errors_reach_the_consumer() -> None:
+    from types import SimpleNamespace
+
+    from vidgan.data import batches_from_chunks
+
+    def chunks():
+        yield np.zeros((3, 2, 4, 4, 3), np.uint8)
+        yield np.zeros((3, 2, 8, 8, 3), np.uint8)
+
+    it = batches_from_chunks(SimpleNamespace(clips=6), chunks(), 2, False, False, 0, False, None, prefetch=2)
+    assert next(it).shape == (2, 3, 2, 4, 4)
+    with pytest.raises(ValueError, match="clip shape changed"):
+        list(it)
+
+
+def test_shuffle_buffer_gathers_into_the_given_array() -> None:
+    from vidgan.data import ShuffleBuffer
+
+    clips = np.arange(6, dtype=np.uint8)[:, None, None, None, None] * np.ones((1, 1, 1, 2, 3), np.uint8)
+    sb = ShuffleBuffer(4, shuffle=True, buffer=6, rng=np.random.default_rng(0))
+    sb.add(clips)
+    with pytest.raises(ValueError):
+        sb.take(np.empty((4, 1, 1, 2, 3), np.uint8)[:, :, :, ::-1])  # not C-contiguous
+    out = np.full((4, 1, 1, 2, 3), 255, np.uint8)
+    assert sb.ready() and sb.take(out) is out and sb.n == 2
+    assert len(set(out[:, 0, 0, 0, 0].tolist())) == 4 and 255 not in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_are_pinned_when_cuda_is_present(shards: str) -> None:
+    b = next(arrow_clip_batches(shards, 4, seed=0))
+    assert b.is_pinned() and b.dtype == torch.uint8
+    assert not next(arrow_clip_batches(shards, 4, seed=0, pin_memory=False)).is_pinned()
+
+
+def test_ray_executions_list_whole_seeded_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vidgan.ray_stream as rs
+
+    files = [f"f{i}" for i in range(5)]
+    monkeypatch.setattr(rs, "CLIPS_PER_EXECUTION", 100)
+    assert rs.epochs_per_execution(30, 5) == 4 and rs.epochs_per_execution(1000, 5) == 1
+    monkeypatch.setattr(rs, "MAX_FILES_PER_EXECUTION", 12)
+    assert rs.epochs_per_execution(30, 5) == 2 and rs.epochs_per_execution(1, 20) == 1
+    first = rs.execution_files(files, 30, 0, True, 7)
+    assert len(first) == 10 and sorted(first[:5]) == sorted(first[5:]) == files  # whole epochs
+    assert first[:5] != first[5:] or first[:5] != files  # each epoch its own shuffle
+    assert rs.execution_files(files, 30, 0, True, 7) == first and rs.execution_files(files, 30, 1, True, 7) != first
+    assert rs.execution_files(files, 30, 1, False, 7) == files * 2

@@ -78,3 +78,17 @@ def test_ray_stream_feeds_trainer_in_tune_trials(shards: str, tmp_path: Path) ->
     ).fit()
     assert not results.errors
     assert [r.metrics["iteration"] for r in results] == [2, 2]
+
+
+def test_ray_stream_across_executions(shards: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One execution per epoch here (8 clips): the next one opened ahead, several crossed, then closed."""
+    import vidgan.ray_stream as rs
+
+    monkeypatch.setattr(rs, "CLIPS_PER_EXECUTION", 8)
+    monkeypatch.setattr(rs, "OPEN_AHEAD_CLIPS", 4)
+    it = rs.ray_clip_batches(shards, 3, seed=0, flip=True)
+    batches = list(itertools.islice(it, 9))  # 27 clips: three executions of 8 and the buffer
+    it.close()
+    assert all(b.shape == (3, 3, 16, 32, 32) and b.dtype == torch.uint8 for b in batches)
+    clips = {c.sum().item() for b in batches for c in b}
+    assert clips <= {c.astype(np.int64).sum() for c in np.concatenate(list(iter_clips(shards)))}

@@ -11,6 +11,12 @@ from a shard directory written by ``vidgan ingest`` (a local path or a pyarrow f
 Shuffling: the shard order is shuffled every epoch and clips pass through a shuffle buffer of
 ``shuffle_buffer`` clips (default ``max(256, 4 * batch)``), which persists across epoch boundaries, so
 batches never shrink at the end of an epoch. The reader reads row groups ahead in a thread.
+
+Batches are assembled ahead of the consumer: a background thread draws them from the shuffle buffer,
+flips them and gathers each straight into its own (on CUDA machines page-locked) buffer, keeping up to
+``prefetch`` ready batches in a bounded queue, so ``next()`` on the training thread is only the real wait
+and the trainer's host-to-device copy can be asynchronous. ``uint8 -> float`` happens in one place,
+:func:`vidgan.trainer.to_model_range` (on the device when training).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -32,24 +38,99 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = ["clip", "frames", "height", "width"]
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------- batching
 
 
-def to_tensor(clips: np.ndarray, as_float: bool = False) -> torch.Tensor:
+def to_tensor(clips: np.ndarray | torch.Tensor, as_float: bool = False) -> torch.Tensor:
     """uint8 [B, T, H, W, 3] -> [B, 3, T, H, W] (uint8, or float32 in [-1, 1]).
 
-    The result is a channels-last *view* (no copy): transposing 64x64x32 uint8 clips to channels-first
-    on the host cost more than reading them (10 ms per 16 clips, measured). The trainer moves the
-    compact buffer to its device and lays it out there (:func:`vidgan.trainer.to_model_range`).
+    uint8: a channels-last *view* (no copy): transposing 64x64x32 uint8 clips to channels-first on the
+    host cost more than reading them (10 ms per 16 clips, measured). The trainer moves the compact
+    buffer to its device and lays it out there (:func:`vidgan.trainer.to_model_range`, which also does
+    the float conversion, for ``as_float`` too: one definition of the value range).
     """
     import torch
 
-    x = torch.from_numpy(clips)
+    x = (clips if isinstance(clips, torch.Tensor) else torch.from_numpy(clips)).permute(0, 4, 1, 2, 3)
     if as_float:
-        x = x.to(torch.float32).mul_(1 / 127.5).sub_(1.0)
-    return x.permute(0, 4, 1, 2, 3)
+        from vidgan.trainer import to_model_range
+
+        return to_model_range(x, torch.device("cpu"))
+    return x
+
+
+def _pixels(a: np.ndarray) -> np.ndarray:
+    """[..., W, C] uint8 (C-contiguous last axis) as [..., W] of whole C-byte pixels (a void view)."""
+    return a.view(np.dtype((np.void, a.shape[-1])))[..., 0]
+
+
+class ShuffleBuffer:
+    """The clips waiting to be drawn into batches (see :func:`rebatch`).
+
+    Chunks are copied in; each batch is drawn at random (or in order without ``shuffle``) and gathered,
+    mirrored where ``flip`` says so, straight into the array the caller hands :meth:`take` (one copy per
+    clip: no intermediate batch, no separate flip pass); the holes a draw leaves are filled from the tail.
+    """
+
+    def __init__(self, batch_size: int, *, shuffle: bool, buffer: int, rng: np.random.Generator,
+                 flip: bool = False) -> None:
+        self.batch_size, self.shuffle, self.rng, self.flip = batch_size, shuffle, rng, flip
+        self.target = max(buffer, batch_size) if shuffle else batch_size
+        self.pool: np.ndarray | None = None
+        self.n = 0
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        if self.pool is None:
+            raise RuntimeError("no clips added yet")
+        return self.pool.shape[1:]
+
+    def add(self, chunk: np.ndarray) -> None:
+        m = len(chunk)
+        if m == 0:
+            return
+        if self.pool is not None and self.pool.shape[1:] != chunk.shape[1:]:
+            raise ValueError(f"clip shape changed from {self.pool.shape[1:]} to {chunk.shape[1:]}")
+        if self.pool is None or self.n + m > len(self.pool):
+            # n < target between draws, so target + m always holds the buffer plus a chunk of m
+            grown = np.empty((self.target + m, *chunk.shape[1:]), np.uint8)
+            if self.pool is not None:
+                grown[: self.n] = self.pool[: self.n]
+            self.pool = grown
+        self.pool[self.n : self.n + m] = chunk
+        self.n += m
+
+    def ready(self) -> bool:
+        return self.n >= self.target
+
+    def take(self, out: np.ndarray) -> np.ndarray:
+        """Draw one batch into ``out`` (uint8 [batch_size, T, H, W, C], C-contiguous) and return it."""
+        b, n, pool = self.batch_size, self.n, self.pool
+        if pool is None or n < b:
+            raise RuntimeError(f"{n} clips buffered, a batch needs {b}")
+        if out.shape != (b, *pool.shape[1:]) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous uint8 {(b, *pool.shape[1:])}, got {out.dtype} {out.shape}")
+        pick = self.rng.choice(n, b, replace=False) if self.shuffle else np.arange(b)
+        mirror = (self.rng.random(b) < 0.5) if self.flip else np.zeros(b, bool)
+        src_px, out_px = _pixels(pool), _pixels(out)
+        for i, (p, m) in enumerate(zip(pick.tolist(), mirror.tolist(), strict=True)):
+            if m:  # reverse W as whole pixels: twice as fast as a strided uint8 copy
+                np.copyto(out_px[i], src_px[p, :, :, ::-1])
+            else:
+                np.copyto(out[i], pool[p])
+        if self.shuffle:
+            # Fill the holes left below n - b with the survivors of the tail.
+            holes = pick[pick < n - b]
+            fillers = np.setdiff1d(np.arange(n - b, n), pick, assume_unique=True)
+            for h, f in zip(holes.tolist(), fillers.tolist(), strict=True):
+                np.copyto(pool[h], pool[f])
+        else:
+            pool[: n - b] = pool[b:n]
+        self.n -= b
+        return out
 
 
 def rebatch(
@@ -67,66 +148,46 @@ def rebatch(
     draw from it (the buffer persists across chunk and epoch boundaries). ``flip`` mirrors each clip
     left-right with probability 1/2.
     """
-    pool: np.ndarray | None = None
-    n = 0
-    target = max(buffer, batch_size) if shuffle else batch_size
+    sb = ShuffleBuffer(batch_size, shuffle=shuffle, buffer=buffer, rng=rng, flip=flip)
     for chunk in chunks:
-        m = len(chunk)
-        if m == 0:
-            continue
-        if pool is None or n + m > len(pool):
-            cap = max(target + m, 2 * (n + m))
-            grown = np.empty((cap, *chunk.shape[1:]), np.uint8)
-            if pool is not None:
-                if pool.shape[1:] != chunk.shape[1:]:
-                    raise ValueError(f"clip shape changed from {pool.shape[1:]} to {chunk.shape[1:]}")
-                grown[:n] = pool[:n]
-            pool = grown
-        pool[n : n + m] = chunk
-        n += m
-        while n >= target:
-            if shuffle:
-                pick = rng.choice(n, batch_size, replace=False)
-                out = pool[pick]
-                # Fill the holes left below n - batch_size with the survivors of the tail.
-                tail = np.arange(n - batch_size, n)
-                holes = pick[pick < n - batch_size]
-                fillers = np.setdiff1d(tail, pick, assume_unique=True)
-                pool[holes] = pool[fillers]
-            else:
-                out = pool[:batch_size].copy()
-                pool[: n - batch_size] = pool[batch_size:n]
-            n -= batch_size
-            if flip:
-                mirror = np.flatnonzero(rng.random(batch_size) < 0.5)
-                # reverse W as whole 3-byte pixels (a void view): twice as fast as a strided uint8 copy
-                pixels = out.view(np.dtype((np.void, out.shape[-1])))[..., 0]
-                pixels[mirror] = pixels[mirror][:, :, :, ::-1]
-            yield out
+        sb.add(chunk)
+        while sb.ready():
+            yield sb.take(np.empty((batch_size, *sb.clip_shape), np.uint8))
 
 
-def _read_ahead(gen: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
-    """Run a chunk generator in a daemon thread, ``depth`` chunks ahead of the consumer."""
+def _read_ahead(gen: Iterator[T], depth: int = 4, name: str = "vidgan-read-ahead") -> Iterator[T]:
+    """Run a generator in a daemon thread, up to ``depth`` items ahead of the consumer (a bounded queue).
+
+    Exceptions reach the consumer. Closing this iterator stops the thread and waits for it, and the
+    thread closes ``gen`` itself (its cleanup, e.g. a Ray iterator's, runs before this returns).
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # handed to the consumer
-            q.put(e)
+            put(e)
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
 
-    t = threading.Thread(target=work, name="vidgan-read-ahead", daemon=True)
+    t = threading.Thread(target=work, name=name, daemon=True)
     t.start()
     try:
         while True:
@@ -138,20 +199,58 @@ def _read_ahead(gen: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarra
             yield item
     finally:
         stop.set()
+        t.join()
+
+
+#: ready batches the background producer keeps ahead of the consumer (each batch_size x clip bytes)
+PREFETCH = 3
+
+
+def _assemble(chunks: Iterator[np.ndarray], sb: ShuffleBuffer, as_float: bool, pin: bool) -> Iterator[torch.Tensor]:
+    import torch
+
+    try:
+        for chunk in chunks:
+            sb.add(chunk)
+            while sb.ready():
+                # a fresh buffer per batch: the consumer may keep it, and the CUDA host allocator reuses a
+                # page-locked block only after the copies queued from it have finished. Unpinned: numpy's
+                # allocation (huge pages where the kernel allows) cost 2-6 ms less per 25 MB batch than torch's.
+                shape = (sb.batch_size, *sb.clip_shape)
+                if pin:
+                    out = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+                    sb.take(out.numpy())
+                else:
+                    out = torch.from_numpy(sb.take(np.empty(shape, np.uint8)))
+                yield to_tensor(out, as_float)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def batches_from_chunks(
     shard_set: ShardSet, chunks: Iterator[np.ndarray], batch_size: int, shuffle: bool, flip: bool,
-    seed: int | None, as_float: bool, shuffle_buffer: int | None,
+    seed: int | None, as_float: bool, shuffle_buffer: int | None, *, pin_memory: bool | None = None,
+    prefetch: int = PREFETCH,
 ) -> Iterator[torch.Tensor]:
-    """Shuffle-buffer, flip and batch a reader's chunks of clips into tensors (both readers end here)."""
+    """Shuffle-buffer, flip and batch a reader's chunks of clips into tensors (both readers end here).
+
+    With ``prefetch`` > 0 a background thread assembles up to ``prefetch`` batches ahead of the consumer.
+    ``pin_memory`` (default: when CUDA is available) gathers each uint8 batch straight into page-locked
+    memory, so the trainer's ``non_blocking`` copy to the GPU is asynchronous.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    import torch
+
+    pin = (torch.cuda.is_available() if pin_memory is None else pin_memory) and not as_float
     rng = np.random.default_rng(seed)
     buffer = shuffle_buffer if shuffle_buffer is not None else max(256, 4 * batch_size)
     buffer = min(buffer, shard_set.clips)  # a buffer larger than the dataset only repeats clips
-    for b in rebatch(chunks, batch_size, shuffle=shuffle, buffer=buffer, rng=rng, flip=flip):
-        yield to_tensor(b, as_float)
+    sb = ShuffleBuffer(batch_size, shuffle=shuffle, buffer=buffer, rng=rng, flip=flip)
+    batches = _assemble(chunks, sb, as_float, pin)
+    return _read_ahead(batches, prefetch, name="vidgan-batches") if prefetch > 0 else batches
 
 
 def epoch_seed(seed: int | None, epoch: int) -> int | None:
@@ -198,10 +297,15 @@ def arrow_clip_batches(
     as_float: bool = False,
     shuffle_buffer: int | None = None,
     read_ahead: int = 4,
+    prefetch: int = PREFETCH,
+    pin_memory: bool | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Endless ``[B, 3, T, H, W]`` batches read with pyarrow alone (no Ray), row groups read ahead in a thread."""
+    """Endless ``[B, 3, T, H, W]`` batches read with pyarrow alone (no Ray): row groups read ahead in one
+    thread (``read_ahead``), batches assembled ahead in another (``prefetch``, ``pin_memory``: see
+    :func:`batches_from_chunks`); 0 runs that stage on the consumer's thread."""
     shard_set = verified(uri)
     chunks = _arrow_chunks(shard_set, shuffle, seed)
     if read_ahead > 0:
         chunks = _read_ahead(chunks, read_ahead)
-    return batches_from_chunks(shard_set, chunks, batch_size, shuffle, flip, seed, as_float, shuffle_buffer)
+    return batches_from_chunks(shard_set, chunks, batch_size, shuffle, flip, seed, as_float, shuffle_buffer,
+                               pin_memory=pin_memory, prefetch=prefetch)

@@ -4,9 +4,11 @@ Same batches as :func:`vidgan.data.arrow_clip_batches` (same shuffle buffer, fli
 
     batches = ray_clip_batches("s3://bucket/ucf101-64", 64, flip=True, seed=0)
 
-Epoch boundaries: every epoch is a new execution of the dataset, which took seconds to start here. When
-epoch ``e`` starts, epoch ``e + 1`` is opened in a background thread (its first block is read), so the next
-epoch is already streaming when this one ends; ``benchmarks/data_stream.py`` reports the largest gap.
+Epoch boundaries: every execution of the dataset took about a second to start here, so one execution
+streams as many whole epochs as it takes to reach :data:`CLIPS_PER_EXECUTION` clips, each epoch its own
+seeded shuffle of the shard files. :data:`OPEN_AHEAD_CLIPS` before execution ``r`` ends, ``r + 1`` is opened
+in a background thread (its first block is read), so the next one is already starting when this one
+ends; ``benchmarks/data_stream.py`` reports the largest gap.
 
 Ray Data inside Ray Tune trials: a trial's own CPUs are reserved in its placement group, and Ray Data's
 tasks are not placed there by default (they are scheduled ``SPREAD`` outside any placement group), so with
@@ -21,6 +23,7 @@ warning (it may hang on a full cluster); use :func:`vidgan.data.arrow_clip_batch
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vidgan.data import COLUMNS, batches_from_chunks, epoch_seed
+from vidgan.data import COLUMNS, PREFETCH, batches_from_chunks, epoch_seed
 from vidgan.shards import ShardSet, table_to_clips, verified
 
 if TYPE_CHECKING:
@@ -68,12 +71,13 @@ def _configure_context(placement: tuple[Any, float] | None) -> float:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # an endless stream: one bar per epoch is noise
+    # Datasource V1 everywhere: V2 lists Parquet footers with actors pinned to SPREAD scheduling, outside any
+    # placement group (in a full cluster they never start: seen here), and streamed 2-4x fewer clips/s here
+    # (64x64x32, 1 data CPU; V1 schedules every task with the strategy below).
+    ctx.use_datasource_v2 = False
     if placement is None:
         return 1.0
     strategy, cpus = placement
-    # Datasource V2 lists Parquet footers with actors pinned to SPREAD scheduling, outside any placement
-    # group: in a full cluster they never start (seen here). V1 schedules every task with the strategy below.
-    ctx.use_datasource_v2 = False
     with warnings.catch_warnings():
         # Deprecated (removal announced for 2027) but the only switch that reaches every task and actor
         # a dataset starts; pinned Ray 2.60 honours it (verified in map_operator / parquet_datasource).
@@ -84,6 +88,30 @@ def _configure_context(placement: tuple[Any, float] | None) -> float:
     return min(1.0, cpus)
 
 
+#: an execution of the dataset streams this many clips (whole epochs), to amortise its start-up, unless that
+#: lists more than MAX_FILES_PER_EXECUTION shard files (tiny datasets)
+CLIPS_PER_EXECUTION = 1 << 17
+MAX_FILES_PER_EXECUTION = 256
+#: the next execution is opened when this many clips of the current one are left to arrive: by then its read
+#: tasks are done (opened earlier, the next one's tasks took the CPUs of a 1-CPU data bundle: 5 s stalls)
+OPEN_AHEAD_CLIPS = 1024
+
+
+def epochs_per_execution(clips: int, files: int) -> int:
+    """Whole epochs of a dataset of ``clips`` clips in ``files`` shards in one execution."""
+    return max(1, min(-(-CLIPS_PER_EXECUTION // max(clips, 1)), MAX_FILES_PER_EXECUTION // max(files, 1)))
+
+
+def execution_files(files: list[str], clips: int, execution: int, shuffle: bool, seed: int | None) -> list[str]:
+    """The shard files one execution reads, in order: whole epochs, each a shuffle seeded by its epoch."""
+    per = epochs_per_execution(clips, len(files))
+    out: list[str] = []
+    for epoch in range(execution * per, (execution + 1) * per):
+        order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(files)) if shuffle else range(len(files))
+        out += [files[i] for i in order]
+    return out
+
+
 def _ray_chunks(shard_set: ShardSet, shuffle: bool, seed: int | None, prefetch_epochs: bool) -> Iterator[np.ndarray]:
     import ray
     import ray.data
@@ -92,33 +120,40 @@ def _ray_chunks(shard_set: ShardSet, shuffle: bool, seed: int | None, prefetch_e
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     fs, files = shard_set.fs, shard_set.files
     num_cpus = _configure_context(data_placement())
+    expected = epochs_per_execution(shard_set.clips, len(files)) * shard_set.clips
 
-    def open_epoch(epoch: int) -> tuple[Any, Iterator[Any]]:
-        shuffle_cfg = ray.data.FileShuffleConfig(seed=epoch_seed(seed, epoch)) if shuffle else None
-        ds = ray.data.read_parquet(files, filesystem=fs, columns=COLUMNS, shuffle=shuffle_cfg, num_cpus=num_cpus)
+    def open_execution(execution: int) -> tuple[Any, Iterator[Any]]:
+        # our own file order: Ray's FileShuffleConfig shuffles once per execution, not once per epoch
+        paths = execution_files(files, shard_set.clips, execution, shuffle, seed)
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=COLUMNS, num_cpus=num_cpus)
         it = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
         return next(it, None), it
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="vidgan-next-epoch")
-    opener: Callable[[int], Any] = (lambda e: pool.submit(open_epoch, e)) if prefetch_epochs else open_epoch
+    opener: Callable[[int], Any] = (
+        (lambda e: pool.submit(open_execution, e)) if prefetch_epochs else open_execution
+    )
     try:
         pending = opener(0)
-        epoch = 0
+        execution = 0
         while True:
             first, it = pending.result() if prefetch_epochs else pending
-            epoch += 1
-            if prefetch_epochs:
-                pending = opener(epoch)
+            execution += 1
+            pending = None
             if first is None:
                 raise ValueError(f"shard directory {shard_set.uri!r} holds no clips")
-            yield table_to_clips(first)
-            for block in it:
-                if block.num_rows:
-                    yield table_to_clips(block)
-            if not prefetch_epochs:
-                pending = opener(epoch)
+            got = 0
+            for block in itertools.chain([first], it):
+                if not block.num_rows:
+                    continue
+                got += block.num_rows
+                if prefetch_epochs and pending is None and got >= expected - OPEN_AHEAD_CLIPS:
+                    pending = opener(execution)
+                yield table_to_clips(block)
+            if pending is None:
+                pending = opener(execution)
     finally:
-        # wait for an epoch being opened: a thread still inside Ray after ray.shutdown() aborts the process
+        # wait for an execution being opened: a thread still inside Ray after ray.shutdown() aborts the process
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -132,6 +167,8 @@ def ray_clip_batches(
     as_float: bool = False,
     shuffle_buffer: int | None = None,
     prefetch_epochs: bool = True,
+    prefetch: int = PREFETCH,
+    pin_memory: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless ``[B, 3, T, H, W]`` batches streamed with Ray Data (``read_parquet`` + file shuffle).
 
@@ -140,4 +177,5 @@ def ray_clip_batches(
     """
     shard_set = verified(uri)
     chunks = _ray_chunks(shard_set, shuffle, seed, prefetch_epochs)
-    return batches_from_chunks(shard_set, chunks, batch_size, shuffle, flip, seed, as_float, shuffle_buffer)
+    return batches_from_chunks(shard_set, chunks, batch_size, shuffle, flip, seed, as_float, shuffle_buffer,
+                               pin_memory=pin_memory, prefetch=prefetch)
