@@ -114,6 +114,27 @@ def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(wor
     samples = {a.path for a in client.list_artifacts(done.info.run_id, "samples")}
     assert "samples/samples_0000006.gif" in samples and "samples/samples_0000006.mp4" in samples
 
+    # What the MLflow UI shows (#14; tests/test_mlflow_ui.py checks each piece without Ray): the trial runs sorted
+    # by their metric best_fvd rank as the comparison table does, and the parent's description names the winner
+    import math
+
+    from tune_jobs.report import sort_rows
+
+    ranked = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                order_by=["metrics.best_fvd ASC"])
+    table = [(r.variant, r.best_fvd) for r in sort_rows(outcome.rows) if not math.isnan(r.best_fvd)]
+    assert [(r.data.tags[tracking.TAG_VARIANT], r.data.metrics["best_fvd"]) for r in ranked[: len(table)]] == table
+    assert f"Winner: {table[0][0]}**" in parent.data.tags[tracking.TAG_NOTE] or \
+        f"Best trial: {table[0][0]}**" in parent.data.tags[tracking.TAG_NOTE]
+    assert tracking.TAG_BEST_MODEL in parent.data.tags and "spec.yaml" in {a.path for a in client.list_artifacts(
+        parent.info.run_id)}
+    images = [a.path for a in client.list_artifacts(done.info.run_id, "images")]
+    assert {p.split("+step+")[1].split("+")[0] for p in images} == {"2", "4", "6"}  # samples by step
+    assert [i.dataset.name for i in done.inputs.dataset_inputs] == ["sample"]
+    assert "n_fake" not in done.data.metrics and done.data.params["n_fake"] == "4"
+    assert "loss/critic" in done.data.metrics and "critic_loss" not in done.data.metrics
+    assert done.data.tags[tracking.TAG_NOTE].startswith(f"**{done.data.tags[tracking.TAG_VARIANT]}** on `sample`")
+
 
 def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
     spec = parse_spec(

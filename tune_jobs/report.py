@@ -268,29 +268,53 @@ def describe_row(row: TrialRow) -> str:
                              best_iteration(row), row.reason, row.params)
 
 
-def sweep_description(rows: list[TrialRow], comparison_link: str = "comparison.md", best_model: str = "") -> str:
-    """The parent run's MLflow description (Markdown): the winner (and any trial tied with it), the ranking
-    by best FVD (the order of ``comparison.md`` and of the trial runs sorted by the metric ``best_fvd``),
-    where the table is, and where the winner's generator is."""
+def sweep_description(
+    rows: list[TrialRow], comparison_link: str = "comparison.md", best_model: str = "",
+    variants: Sequence[Any] | None = None,
+) -> str:
+    """The parent run's MLflow description (Markdown): the winner and its ties, the ranking of the trials by
+    best FVD (the order of the trial runs sorted by the metric ``best_fvd``), where the table is, and where
+    the best trial's generator is.
+
+    With ``variants`` (the comparison over seeds: rows with variant, dataset, n_seeds, fvd_mean, fvd_ci95,
+    vs_best, p_value) the winner of each dataset is the variant of lowest mean best FVD and its ties are the
+    variants a Welch test cannot tell from it; without, the trial of lowest best FVD and any of equal FVD."""
     ranked = sort_rows(rows)
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {ENDED_WORDS[s]}" for s in TRIAL_ENDS
                        if any(r.status == s for r in rows))
     scored = [r for r in ranked if not math.isnan(r.best_fvd)]
+    lines: list[str] = []
+    over_seeds = [v for v in (variants or []) if v.n_seeds]
+    for dataset in dict.fromkeys(v.dataset for v in over_seeds):
+        here = [v for v in over_seeds if v.dataset == dataset]
+        best = next((v for v in here if v.vs_best == "best"), here[0])
+        ci = "" if math.isnan(best.fvd_ci95) else f" +- {_fmt(best.fvd_ci95)}"
+        line = (f"**Winner on `{dataset}`: {best.variant}** (mean best FVD {_fmt(best.fvd_mean)}{ci} over "
+                f"{best.n_seeds} seed{'s' if best.n_seeds > 1 else ''})")
+        tied = [v for v in here if v.vs_best == "tied"]
+        if tied:
+            line += "; tied with it (Welch's t-test, p >= 0.05): " + ", ".join(
+                f"{v.variant} (p={v.p_value:.2g})" for v in tied)
+        untested = [v for v in here if v.vs_best == "untested"]
+        if untested:
+            line += "; untested against it (one seed): " + ", ".join(v.variant for v in untested)
+        lines.append(line + ".")
     if not scored:
-        lines = [f"**No trial was scored** ({len(rows)} trials: {counts})."]
+        lines.append(f"**No trial was scored** ({len(rows)} trials: {counts}).")
     else:
         win = scored[0]
-        lines = [f"**Winner: {win.variant}** (best FVD {_fmt(win.best_fvd)} at iteration {best_iteration(win)}, "
-                 f"`{win.dataset}`, seed {win.seed}, {ENDED_WORDS[win.status]}), of {len(rows)} trials: {counts}."]
+        lines.append(f"**{'Best trial' if lines else 'Winner'}: {win.variant}** (best FVD {_fmt(win.best_fvd)} at "
+                     f"iteration {best_iteration(win)}, `{win.dataset}`, seed {win.seed}, {ENDED_WORDS[win.status]}), "
+                     f"of {len(rows)} trials: {counts}.")
         tied = [r for r in scored[1:] if r.best_fvd == win.best_fvd]
-        if tied:
+        if tied and not over_seeds:
             names = ", ".join(f"{r.variant} (`{r.dataset}`, seed {r.seed})" for r in tied)
             lines.append(f"Tied with it: {names}.")
-    lines.append(f"\nRanked by best FVD, lowest first, as in [comparison.md]({comparison_link}) (and comparison.csv, "
-                 "fvd_vs_iterations.png) among this run's artifacts; sorting the trial runs by the metric `best_fvd` "
-                 "gives the same order.")
+    lines.append(f"\nThe whole table: [comparison.md]({comparison_link}) among this run's artifacts (with "
+                 "comparison.csv and fvd_vs_iterations.png). The trials below are ranked by best FVD, lowest first, as "
+                 "the trial runs sorted by their metric `best_fvd` are.")
     if best_model:
-        lines.append(f"The winner's generator: `{best_model}` (`mlflow.pytorch.load_model`).")
+        lines.append(f"The best trial's generator: `{best_model}` (`mlflow.pytorch.load_model`).")
     lines += ["", "| # | variant | dataset | seed | best FVD | at iteration | ended |", "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(ranked[:30], 1):
         at = best_iteration(r)
@@ -307,12 +331,14 @@ def curve_figure(curves: Mapping[str, Sequence[tuple[int, float]]], metric: str 
     fig = Figure(figsize=(7, 4.5), dpi=110)
     ax = fig.subplots()
     for label, curve in curves.items():
+        if not curve:
+            continue
         xs, ys = zip(*curve, strict=True)
         ax.plot(xs, ys, marker="o", ms=3, label=label)
     ax.set_xlabel("generator iterations")
     ax.set_ylabel(metric.upper())
     ax.grid(alpha=0.3)
-    if curves:
+    if any(curves.values()):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

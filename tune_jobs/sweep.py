@@ -243,6 +243,88 @@ def spec_params(spec: SweepSpec) -> dict[str, Any]:
     return tracking.redact_uris(spec.model_dump(mode="json"))
 
 
+def sweep_params(spec: SweepSpec) -> dict[str, Any]:
+    """The few flat parameters of the parent run (the whole spec is its artifact ``spec.yaml``)."""
+    return {
+        "name": spec.name,
+        "variants": ", ".join(spec.variants),
+        "datasets": ", ".join(d.name for d in spec.datasets),
+        "seeds": ", ".join(str(s) for s in spec.seeds),
+        "model": spec.model.model_dump(),
+        "scheduler": spec.scheduler.type,
+        "max_t": spec.scheduler.max_t,
+        "metric": spec.eval.metric,
+        "n_real": spec.eval.n_real,
+        "n_fake": spec.eval.n_fake,
+        "eval_every": spec.eval.every,
+        "batch_size": spec.train.batch_size,
+        "search": f"optuna, {spec.search.num_samples} trials" if spec.search is not None else "grid",
+    }
+
+
+def real_strip(path: str, n_clips: int = 4, pool: int = 64) -> Any:
+    """One image of ``n_clips`` real clips (spread over the first ``pool`` of the dataset) as rows of frames,
+    like the trials' samples."""
+    import numpy as np
+
+    from vidgan.video import strip
+
+    clips = np.concatenate(list(shards.iter_clips(path, limit=pool)))
+    picked = np.linspace(0, len(clips) - 1, min(n_clips, len(clips))).round().astype(int)
+    return strip(clips[picked], n_clips=n_clips)
+
+
+def log_sweep_start(tracker: tracking.Tracker, spec: SweepSpec, name: str) -> None:
+    """What the parent run holds from its start: flat parameters, the spec as ``spec.yaml`` (credentials removed),
+    the datasets as inputs, a strip of real clips (image key ``samples``, step 0, one row block per dataset) to
+    compare the trials' samples with, and a description."""
+    import numpy as np
+    import yaml
+
+    tracker.log_params(sweep_params(spec))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        # the keys the spec set (the others are defaults): `vidgan sweep spec.yaml` runs the same sweep again
+        written = tracking.redact_uris(spec.model_dump(mode="json", exclude_unset=True))
+        path.write_text(yaml.safe_dump(written, sort_keys=False))
+        tracker.log_artifact(path)
+    try:
+        tracker.log_inputs([tracking.dataset_input(d.path, d.name) for d in spec.datasets])
+        strips = [real_strip(d.path) for d in spec.datasets]
+        width = max(s.shape[1] for s in strips)
+        strips = [np.pad(s, ((0, 8), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+        tracker.log_image(np.concatenate(strips)[:-8], key=tracking.SAMPLES_KEY, step=0)
+    except Exception as exc:  # noqa: BLE001 - lineage and pictures are worth a warning, not a failed sweep
+        log.warning("datasets not logged to the MLflow parent run: %s", exc)
+    n = len(spec.variants) * len(spec.datasets) * len(spec.seeds)
+    trials = f"{spec.search.num_samples} searched trials" if spec.search is not None else f"{n} trials"
+    tracker.describe(
+        f"Sweep **{name}** running: {trials} of {', '.join(spec.variants)} on "
+        f"{', '.join(d.name for d in spec.datasets)}, seeds {', '.join(str(s) for s in spec.seeds)}, up to "
+        f"{spec.scheduler.max_t} iterations ({spec.scheduler.type}). The spec: `spec.yaml` among the artifacts."
+    )
+
+
+def _log_best_generator(ctx: SweepContext, run_id: str, checkpoint: Path) -> str:
+    """Log the best trial's generator with mlflow.pytorch (see :func:`tracking.log_generator`); '' on failure."""
+    try:
+        return tracking.log_generator(ctx.tracking_uri, run_id, checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the table and the checkpoint are there anyway
+        log.warning("the best generator was not logged as an MLflow model: %s", exc)
+        return ""
+
+
+def describe_sweep(
+    parent: tracking.Tracker, ctx: SweepContext, rows: list[report.TrialRow], model_uri: str = "",
+    variants: list[Any] | None = None,
+) -> None:
+    """The parent run's final description (winner, ties, ranking, a link to comparison.md) and its model tag."""
+    link = f"#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}/artifacts/comparison.md"
+    parent.describe(report.sweep_description(rows, link, model_uri, variants))
+    if model_uri:
+        parent.set_tags({tracking.TAG_BEST_MODEL: model_uri})
+
+
 def run_sweep(
     spec_or_path: SweepSpec | str | os.PathLike,
     *,
@@ -297,12 +379,14 @@ def run_sweep(
     if state is None:
         parent = tracking.start_parent_run(uri, experiment_id, name, tags={"vidgan.spec": spec.name})
         tracker = tracking.Tracker(uri, parent)
-        tracker.log_params({"spec": spec_params(spec)})
+        log_sweep_start(tracker, spec, name)
         state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
         _write_state(exp_path, state)
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                        auth_env=tracking.auth_env())
+    for line in tracking.open_lines(uri, experiment_id, parent):
+        log.info(line)
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, ctx=ctx),
@@ -394,6 +478,8 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     """Mark each trial's MLflow run with how it ended, log the best checkpoints, the table and the figure."""
     runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     rows = _rows(spec, results, runs)
+    winner = next((r for r in report.sort_rows(rows) if not math.isnan(r.best_fvd)), None)
+    model_uri = ""
     for row, result in zip(rows, results, strict=True):
         run = runs.get(row.trial_id)
         if run is None:
@@ -403,10 +489,13 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         if row.reason:
             tags[tracking.TAG_REASON] = row.reason
         tracker.set_tags(tags)
+        tracker.describe(report.describe_row(row))
         best = _best_checkpoint(result, spec.eval.metric)
         if best is not None:
             with best.as_directory() as folder:
                 tracker.log_artifact(Path(folder) / CHECKPOINT_FILE, "best_checkpoint")
+                if row is winner:
+                    model_uri = _log_best_generator(ctx, run.info.run_id, Path(folder) / CHECKPOINT_FILE)
         tracker.finish("FAILED" if row.status in ("failed", "diverged") else "FINISHED")
 
     variants = report.aggregate(rows)
@@ -423,11 +512,13 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         for f in ("comparison.md", "comparison.csv", "trials.csv", "fvd_vs_iterations.png"):
             parent.log_artifact(folder / f)
     finished = [r for r in rows if not math.isnan(r.best_fvd)]
-    metrics: dict[str, float] = {"trials": len(rows), "iterations_saved_fraction": saved}
+    # the sweep's own figures under sweep/: the trials' best_fvd column and chart stay theirs alone
+    metrics: dict[str, float] = {"sweep/trials": len(rows), "sweep/iterations_saved_fraction": saved}
     if finished:
-        metrics["best_fvd"] = min(r.best_fvd for r in finished)
+        metrics["sweep/best_fvd"] = min(r.best_fvd for r in finished)
     parent.log_metrics(metrics, step=0)
     parent.set_tags({f"vidgan.trials.{s}": str(sum(r.status == s for r in rows)) for s in report.TRIAL_ENDS})
+    describe_sweep(parent, ctx, rows, model_uri, variants)
     parent.finish("FINISHED")
     return SweepOutcome(
         name=ctx.sweep, path=exp_path, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,

@@ -41,6 +41,37 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_CLONED_FROM = "vidgan.pbt.cloned_from"  # the trial whose checkpoint a PBT exploit copied (the latest)
 TAG_CLONED_AT = "vidgan.pbt.cloned_at_iteration"
 TAG_EXPLOITS = "vidgan.pbt.exploits"  # every exploit of this trial: "<donor>@<iteration>,..."
+TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
+TAG_BEST_MODEL = "vidgan.best_model_uri"  # on the parent: the winner's generator (mlflow.pytorch.load_model)
+
+#: Tune result key -> MLflow metric name. MLflow's charts group by the part before the first "/", so the
+#: training curves sort into loss/, train/, throughput/ and eval/ sections. The names Tune's schedulers and
+#: searchers read stay flat in the Tune result and keep their names in MLflow: ``fvd``, ``kvd`` and any key not
+#: listed here (the smoothed score and the interval of #11, PBT's ``hp_*``). ``iteration`` is every metric's
+#: step, not a metric of its own. README "Metric names" lists them all.
+MLFLOW_METRIC_NAMES = {
+    "critic_loss": "loss/critic",
+    "wasserstein": "loss/wasserstein",
+    "penalty": "loss/penalty",
+    "drift": "loss/drift",
+    "generator_loss": "loss/generator",
+    "grad_norm": "train/grad_norm",
+    "critic_updates": "train/critic_updates",
+    "generator_updates": "train/generator_updates",
+    "paper_steps": "train/paper_steps",
+    "iterations_per_s": "throughput/iterations_per_s",
+    "clips_per_s": "throughput/clips_per_s",
+    "data_wait_fraction": "throughput/data_wait_fraction",
+    "gpu_memory_bytes": "throughput/gpu_memory_bytes",
+    "kvd_stderr": "eval/kvd_stderr",
+    "eval_time_s": "eval/time_s",
+}
+#: result keys that are the same at every evaluation of a trial: MLflow parameters (logged once), not metrics
+PARAM_KEYS = ("n_fake", "n_real")
+#: the step of every metric (generator iterations), not logged as a metric
+STEP_KEY = "iteration"
+#: image key of the sample strips (``MlflowClient.log_image``): MLflow shows them per step, runs side by side
+SAMPLES_KEY = "samples"
 
 
 #: MLflow's credentials for a tracking server (basic auth or a bearer token), read from the environment
@@ -178,8 +209,123 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """A uint8 image [H, W, 3] under ``key`` at ``step`` (MLflow's image charts show it with a step slider)."""
+        retry(lambda: self.client.log_image(self.run_id, image, key=key, step=step))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        retry(lambda: self.client.log_figure(self.run_id, figure, artifact_file))
+
+    def log_inputs(self, inputs: list[Any]) -> None:
+        """``mlflow.entities.DatasetInput`` s (MLflow keeps one of each dataset and context per run)."""
+        retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def describe(self, text: str) -> None:
+        """The run's description in the MLflow UI (Markdown)."""
+        self.set_tags({TAG_NOTE: text[:50000]})
+
     def finish(self, status: str = "FINISHED") -> None:
         retry(lambda: self.client.set_terminated(self.run_id, status))
+
+
+# ------------------------------------------------------------------------------------------ links
+def ui_address(uri: str) -> str:
+    """Where the MLflow UI of a tracking store is: the server itself (credentials removed), or for a local
+    store the address ``mlflow ui`` listens on by default."""
+    if uri.startswith(("http://", "https://")):
+        return redact_uri(uri).rstrip("/")
+    return "http://127.0.0.1:5000"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run, in the training (not GenAI) view of its experiment."""
+    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def open_lines(uri: str, experiment_id: str, run_id: str) -> list[str]:
+    """What to print so that a person can open a run: its link, and for a local store the command that
+    serves the UI first."""
+    url = run_url(uri, experiment_id, run_id)
+    if uri.startswith(("http://", "https://")):
+        return [f"MLflow: {url}"]
+    return [f"MLflow: mlflow ui --backend-store-uri {redact_uri(uri)}   then open {url}"]
+
+
+def run_open_lines(uri: str, run_id: str) -> list[str]:
+    """:func:`open_lines` of a run known by its id alone."""
+    return open_lines(uri, retry(lambda: MlflowClient(uri).get_run(run_id)).info.experiment_id, run_id)
+
+
+# ------------------------------------------------------------------------------------------ lineage
+def dataset_input(path: str, name: str, context: str = "train") -> Any:
+    """A shard directory as an MLflow dataset input: source = the directory (credentials removed), digest =
+    its manifest's sha256 (cut to the 36 characters MLflow keeps; the whole one is the input tag
+    ``vidgan.manifest_sha256``), schema = one uint8 clip [T, H, W, 3]."""
+    import warnings
+
+    import numpy as np
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    from vidgan import shards
+
+    shard_set = shards.describe(path)
+    shown = redact_uri(path)
+    with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": all of them local
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(shown if "://" in shown else str(Path(shown).resolve()))
+    schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, *shard_set.clip_shape), name="clip")])
+    dataset = MetaDataset(source, name=name, digest=shard_set.manifest_sha256[:36], schema=schema)
+    tags = [InputTag("mlflow.data.context", context), InputTag("vidgan.manifest_sha256", shard_set.manifest_sha256),
+            InputTag("vidgan.clips", str(shard_set.clips))]
+    return DatasetInput(dataset._to_mlflow_entity(), tags=tags)
+
+
+def start_system_metrics(uri: str, run_id: str, resume: bool) -> Any:
+    """MLflow's monitor of this process's machine (CPU, memory, disk, network; GPUs through nvidia-ml-py where it
+    is installed), logging ``system/*`` metrics into the run every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``)
+    until :meth:`finish` or the run ends. None, with a warning, where it cannot run (psutil missing)."""
+    import logging
+
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=uri)
+    except Exception as exc:  # noqa: BLE001 - the trial trains on without system metrics
+        logging.getLogger(__name__).warning("no MLflow system metrics: %s", exc)
+        return None
+    monitor.start()
+    return monitor
+
+
+def log_generator(uri: str, run_id: str, checkpoint: str | os.PathLike, name: str = "generator") -> str:
+    """Log the generator of a trainer checkpoint (its moving average where it has one) to ``run_id`` with
+    ``mlflow.pytorch.log_model``, with vidgan's code beside it so that it loads where vidgan is not installed:
+    ``mlflow.pytorch.load_model(uri)(z)`` with ``z`` [N, z_dim] float32 makes clips [N, 3, T, H, W] in [-1, 1].
+    Returns the model's URI (``models:/...``)."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    import vidgan
+    from vidgan.trainer import load_generator
+
+    generator, model = load_generator(checkpoint)
+    z = torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        clips = generator(z)
+    signature = infer_signature(z.numpy(), clips.numpy())
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pydantic>=2"]
+    with _use_tracking_uri(uri):  # log_model reads the global tracking URI; the run is named explicitly
+        info = mlflow.pytorch.log_model(
+            generator, name=name, run_id=run_id, signature=signature, pip_requirements=requirements,
+            serialization_format="pickle", code_paths=[str(Path(vidgan.__file__).parent)],
+        )
+    return info.model_uri
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -265,7 +411,7 @@ class TrialLogger:
 
         self.ctx, self.trial, self.trial_id = ctx, trial, trial_id
         os.environ.update(ctx.auth_env)  # MLflow reads them from the environment at each request
-        self.run_id, _ = find_or_create_trial_run(
+        self.run_id, created = find_or_create_trial_run(
             ctx.tracking_uri,
             ctx.experiment_id,
             ctx.parent_run_id,
@@ -292,26 +438,96 @@ class TrialLogger:
             }
         )
         self.gauges = TrialMetrics(ctx.sweep, trial_id, trial.variant_name)
+        # Result keys that cannot change in this trial: a loss term its variant lacks is 0 at every step, and
+        # the hp_* hyperparameters change only under PBT (else they are the params train.* and loss.*).
+        variant = trial.variant
+        self.constant_keys = {"drift"} if not variant.has_drift else set()
+        if not variant.has_penalty:
+            self.constant_keys |= {"penalty", "grad_norm"}
+        self.hp_vary = spec.scheduler.type == "pbt"
+        # best score so far of each ranked key (fvd, the sweep's metric, a smoothed fvd): (value, iteration), from
+        # what this run logged before a restart
+        metrics = self.tracker.client.get_run(self.run_id).data.metrics
+        self.best = {k[len("best_") : -len("_iteration")]: (metrics[k[: -len("_iteration")]], int(v))
+                     for k, v in metrics.items() if k.startswith("best_") and k.endswith("_iteration")
+                     and k[: -len("_iteration")] in metrics}
+        if created:
+            self.tracker.describe(self._description("running", 0))
+        try:
+            self.tracker.log_inputs([dataset_input(trial.dataset.path, trial.dataset.name)])
+        except Exception as exc:  # noqa: BLE001 - lineage is worth a warning, not a failed trial
+            import logging
+
+            logging.getLogger(__name__).warning("dataset %s not logged as an MLflow input: %s", trial.dataset.name, exc)
+        self.system = start_system_metrics(ctx.tracking_uri, self.run_id, resume=not created)
+
+    def _description(self, ended: str, iteration: int) -> str:
+        from tune_jobs.report import trial_description
+
+        best, at = self.best.get("fvd", (float("nan"), None))
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.trial.params.items())
+        return trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
+                                 best, at, params=params)
+
+    def ranked_keys(self, result: dict[str, float]) -> list[str]:
+        """The scores whose best so far each evaluation logs as ``best_<key>`` and ``best_<key>_iteration``: FVD, the
+        sweep's metric, and the smoothed scores the schedulers read where the result has them (``*_smooth``)."""
+        keys = ["fvd", self.ctx.spec.eval.metric, *(k for k in result if k.endswith("_smooth"))]
+        return [k for i, k in enumerate(keys) if k in result and k not in keys[:i]]
+
+    def mlflow_metrics(self, result: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """(metrics, params) of one Tune result under their MLflow names (:data:`MLFLOW_METRIC_NAMES`): constants
+        of the trial go to params, the step and non-numbers nowhere, and ``best_<key>``/``best_<key>_iteration``
+        are added for each of :meth:`ranked_keys`."""
+        step = int(result[STEP_KEY])
+        metrics: dict[str, float] = {}
+        params: dict[str, float] = {}
+        for key, value in result.items():
+            if key == STEP_KEY or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name = MLFLOW_METRIC_NAMES.get(key, key)
+            if key in PARAM_KEYS or key in self.constant_keys:
+                params[name] = value
+            elif key.startswith("hp_") and not self.hp_vary:
+                continue
+            elif key == "gpu_memory_bytes" and not value:
+                continue  # a CPU trial
+            else:
+                metrics[name] = value
+        for key in self.ranked_keys(result):
+            value = float(result[key])
+            if value == value and (key not in self.best or value < self.best[key][0]):
+                self.best[key] = (value, step)
+            if key in self.best:
+                metrics[f"best_{key}"], metrics[f"best_{key}_iteration"] = self.best[key][0], self.best[key][1]
+        return metrics, params
 
     def report(
         self, result: dict[str, float], history: list[dict[str, float]], samples: np.ndarray | None, folder: Path
     ) -> None:
-        """Log one evaluation: metrics at step ``result["iteration"]``, gauges, the sample grid (uint8 clips
-        [N, T, H, W, 3], as GIF and MP4) and the curve of the sweep's metric so far (files go to ``folder``)."""
-        from tune_jobs.report import plot_curves
+        """Log one evaluation at step ``result["iteration"]``: metrics under their MLflow names with the best
+        scores so far (:meth:`mlflow_metrics`), gauges, the samples (uint8 clips [N, T, H, W, 3]) as an image strip
+        by step (key ``samples``) and as a 4x enlarged GIF and MP4 grid, the curve of the sweep's metric so far, and
+        the run's description (files go to ``folder``)."""
+        from tune_jobs.report import curve_figure
 
-        step = int(result["iteration"])
+        step = int(result[STEP_KEY])
         self.gauges.record(**{k: result[k] for k in self.gauges.KEYS if k in result})
-        self.tracker.log_metrics(result, step=step)
+        metrics, params = self.mlflow_metrics(result)
+        self.tracker.log_metrics(metrics, step=step)
+        if params:
+            self.tracker.log_params(params)
         if samples is not None and len(samples):
-            from vidgan.video import tile, write_video
+            from vidgan.video import enlarge, strip, tile, write_video
 
-            grid = tile(samples)
+            self.tracker.log_image(strip(samples), key=SAMPLES_KEY, step=step)
+            grid = enlarge(tile(samples))
             for suffix in (".gif", ".mp4"):
                 self.tracker.log_artifact(write_video(grid, folder / f"samples_{step:07d}{suffix}"), "samples")
         metric = self.ctx.spec.eval.metric
-        curve = [(int(h["iteration"]), float(h[metric])) for h in history]
-        self.tracker.log_artifact(plot_curves({self.trial.run_name: curve}, folder / f"{metric}_curve.png", metric))
+        curve = [(int(h["iteration"]), float(h[metric])) for h in history if metric in h]
+        self.tracker.log_figure(curve_figure({self.trial.run_name: curve}, metric), f"{metric}_curve.png")
+        self.tracker.describe(self._description("running", step))
 
     def restored(self, owner: str | None, iteration: int) -> None:
         """Note where a restored checkpoint came from: another trial's means PBT cloned that trial into this one."""
@@ -326,10 +542,18 @@ class TrialLogger:
     def completed(self) -> None:
         self.tracker.set_tags({TAG_END: "completed"})
 
+    def stop_system_metrics(self) -> None:
+        """Stop the system metrics monitor (it logs what it sampled last)."""
+        if self.system is not None:
+            self.system.finish()
+            self.system = None
+
     def diverged(self, exc: Exception) -> None:
         """Mark the run diverged (a restart of this trial then fails at once) and FAILED."""
+        self.stop_system_metrics()
         self.tracker.set_tags({TAG_END: "diverged", TAG_REASON: str(exc)})
         self.tracker.finish("FAILED")
 
     def finish(self) -> None:
+        self.stop_system_metrics()
         self.tracker.finish("FINISHED")

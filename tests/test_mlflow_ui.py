@@ -1,0 +1,220 @@
+"""What a person reads in the MLflow UI (#14), against a real SQLite MLflow store and without Ray: the trial
+runs' metrics, images, inputs and descriptions (TrialLogger), and what the end of a sweep adds (finish_sweep on
+real Tune Result objects and real trainer checkpoints): the ranking by best_fvd, the descriptions, the spec
+artifact and the best generator as an MLflow model that loads and generates.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tune_jobs import report, tracking
+from tune_jobs.spec import parse_spec
+
+VARIANTS = ["gp", "sn", "drift"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vidgan.ingest import ingest_sample
+
+    root = tmp_path_factory.mktemp("ui-data")
+    ingest_sample(root / "data", frames=16, size=32, stride=8)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite MLflow store for the module (creating its tables takes seconds); each test its experiment."""
+    return tmp_path_factory.mktemp("ui-store")
+
+
+def _spec(data: Path, root: Path, experiment: str):
+    return parse_spec({
+        "name": "ui",
+        "datasets": [{"name": "sample", "path": str(data)}],
+        "model": {"frames": 16, "size": 32, "width": 4, "z_dim": 8},
+        "train": {"batch_size": 4, "n_critic": 2},
+        "variants": VARIANTS,
+        "eval": {"every": 2, "n_real": 8, "n_fake": 4, "frames": 16, "batch_size": 4, "grid": 4},
+        "scheduler": {"type": "asha", "max_t": 6, "grace_period": 2, "reduction_factor": 3},
+        "resources": {"cpu": 1, "data_cpu": 0, "threads": 1},
+        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": experiment},
+        "storage_path": str(root / "results"),
+    })
+
+
+def _context(spec) -> tracking.SweepContext:
+    uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
+    exp = tracking.ensure_experiment(uri, spec.mlflow.experiment)
+    parent = tracking.start_parent_run(uri, exp, "ui-sweep")
+    return tracking.SweepContext(spec=spec, sweep="ui-sweep", tracking_uri=uri, experiment_id=exp, parent_run_id=parent)
+
+
+def _result(step: int, fvd: float) -> dict[str, float]:
+    """A trial's Tune result at an evaluation, with every key train_trial reports."""
+    return {
+        "critic_loss": 1.0 / step, "wasserstein": 0.5, "penalty": 0.0, "drift": 0.0, "grad_norm": 0.0,
+        "generator_loss": -0.2, "iterations_per_s": 3.0, "clips_per_s": 24.0, "data_wait_fraction": 0.1,
+        "fvd": fvd, "kvd": fvd / 100, "kvd_stderr": 0.01, "n_fake": 4, "n_real": 8, "iteration": step,
+        "critic_updates": 2 * step, "generator_updates": step, "paper_steps": 3 * step, "gpu_memory_bytes": 0.0,
+        "hp_lr": 2e-4, "eval_time_s": 0.5,
+    }
+
+
+def _samples(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (4, 16, 32, 32, 3), dtype=np.uint8)
+
+
+def test_trial_run_metrics_images_inputs_and_restart(data: Path, store: Path, tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from vidgan import shards
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    spec = _spec(data, store, "ui-trial")
+    ctx = _context(spec)
+    trial = spec.trial({"variant": "sn", "dataset": "sample", "seed": 0})  # no penalty, no drift
+    logger = tracking.TrialLogger(ctx, trial, "t1")
+    evaluations: list[dict[str, float]] = []
+    for step, fvd in ((2, 30.0), (4, 10.0), (6, 20.0)):
+        evaluations.append({"iteration": step, "fvd": fvd})
+        logger.report(_result(step, fvd), evaluations, _samples(step), tmp_path)
+    import time
+
+    time.sleep(0.6)  # a few samples of the system metrics monitor
+    logger.finish()
+
+    client = MlflowClient(ctx.tracking_uri)
+    run = client.get_run(logger.run_id)
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+               for k in ("best_fvd", "best_fvd_iteration", "fvd", "loss/critic")}
+    assert history["best_fvd"] == [(2, 30.0), (4, 10.0), (6, 10.0)]  # the best so far at every evaluation
+    assert history["best_fvd_iteration"] == [(2, 2.0), (4, 4.0), (6, 4.0)]
+    assert [s for s, _ in history["fvd"]] == [2, 4, 6] and len(history["loss/critic"]) == 3
+    metrics, params = run.data.metrics, run.data.params
+    # constants are parameters, not metrics; names grouped by prefix; the scheduler's names stay flat
+    assert {"n_fake", "n_real", "iteration", "critic_loss", "loss/penalty", "loss/drift", "train/grad_norm",
+            "throughput/gpu_memory_bytes", "hp_lr"}.isdisjoint(metrics), sorted(metrics)
+    assert params["n_fake"] == "4" and params["n_real"] == "8" and params["loss/penalty"] == "0.0"
+    assert {"fvd", "kvd", "eval/kvd_stderr", "loss/generator", "throughput/clips_per_s",
+            "train/paper_steps"} <= set(metrics)
+    assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)  # MLflow's system metrics
+    # samples: a 4x strip per step (image key "samples"), and GIF/MP4 grids at 4x the native tile
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    pngs = sorted(p for p in images if p.endswith(".png") and "+compressed" not in p)
+    assert [p.split("+step+")[1].split("+")[0] for p in pngs] == ["2", "4", "6"]
+    png = Image.open(client.download_artifacts(run.info.run_id, pngs[0], str(tmp_path)))
+    assert png.size == (4 * (8 * 33 - 1), 4 * (4 * 33 - 1))  # 8 frames x 4 clips of 32 px, 1 px gaps, 4x
+    gif = client.download_artifacts(run.info.run_id, "samples/samples_0000006.gif", str(tmp_path))
+    assert Image.open(gif).size == (4 * 65, 4 * 65)  # a 2x2 grid of 32 px clips, 4x
+    assert "fvd_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the dataset as an input: digest from the manifest's sha256
+    (inp,) = run.inputs.dataset_inputs
+    sha = shards.describe(str(data)).manifest_sha256
+    assert inp.dataset.name == "sample" and inp.dataset.digest == sha[:36] and str(data) in inp.dataset.source
+    assert {t.key: t.value for t in inp.tags}["vidgan.manifest_sha256"] == sha
+    assert run.data.tags[tracking.TAG_NOTE].startswith("**sn** on `sample`, seed 0: running at iteration 6")
+
+    # a restarted trial continues its run and its best: a worse FVD keeps best_fvd at 10 from iteration 4
+    again = tracking.TrialLogger(ctx, trial, "t1")
+    assert again.run_id == logger.run_id
+    again.report(_result(8, 15.0), [*evaluations, {"iteration": 8, "fvd": 15.0}], None, tmp_path)
+    again.finish()
+    metrics = client.get_run(logger.run_id).data.metrics
+    assert (metrics["best_fvd"], metrics["best_fvd_iteration"]) == (10.0, 4.0)
+    assert len(client.get_run(logger.run_id).inputs.dataset_inputs) == 1
+
+
+def test_run_links_open_the_training_view() -> None:
+    url = tracking.run_url("http://u:secret@mlflow.example:5000/", "3", "abc")
+    assert url == "http://mlflow.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    (line,) = tracking.open_lines("sqlite:////tmp/x/mlflow.db", "1", "r")
+    assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db" in line
+    assert line.endswith("http://127.0.0.1:5000/#/experiments/1/runs/r?workflowType=machine_learning")
+
+
+def test_finished_sweep_ranks_describes_and_logs_the_best_generator(
+    data: Path, store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import mlflow.pytorch
+    import pandas as pd
+    import torch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from ray.tune import Checkpoint, Result
+
+    from tune_jobs.sweep import finish_sweep, log_sweep_start
+    from tune_jobs.trainable import save_checkpoint
+    from vidgan.trainer import Trainer
+
+    spec = _spec(data, store, "ui-sweep")
+    ctx = _context(spec)
+    parent = tracking.Tracker(ctx.tracking_uri, ctx.parent_run_id)
+    log_sweep_start(parent, spec, ctx.sweep)
+    # per variant: FVD at iterations 2, 4, 6 (drift is stopped after its first evaluation)
+    curves = {"gp": [40.0, 25.0, 30.0], "sn": [35.0, 12.0, 18.0], "drift": [50.0]}
+    results = []
+    for i, variant in enumerate(VARIANTS):
+        config = {"variant": variant, "dataset": "sample", "seed": 0}
+        trial = spec.trial(config)
+        logger = tracking.TrialLogger(ctx, trial, f"t{i}")
+        reports = [_result(2 * (j + 1), f) for j, f in enumerate(curves[variant])]
+        for j, r in enumerate(reports):
+            logger.report(r, reports[: j + 1], _samples(i), tmp_path)
+        logger.finish()
+        trainer = Trainer(spec.model, trial.variant, trial.train_config)
+        folder = save_checkpoint(trainer, [], tmp_path / f"ckpt{i}")
+        results.append(Result(
+            metrics={**reports[-1], "trial_id": f"t{i}", "config": config}, checkpoint=None, error=None,
+            path=str(tmp_path / f"train_trial_t{i}"), metrics_dataframe=pd.DataFrame(reports),
+            best_checkpoints=[(Checkpoint.from_directory(str(folder)), {"fvd": min(curves[variant])})],
+        ))
+
+    outcome = finish_sweep(spec, ctx, str(tmp_path / "results" / "ui"), results)
+
+    client = MlflowClient(ctx.tracking_uri)
+    # sorting the trial runs by best_fvd ranks them as the comparison table does
+    nested = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'",
+                                order_by=["metrics.best_fvd ASC"])
+    table_order = [r.variant for r in report.sort_rows(outcome.rows) if not math.isnan(r.best_fvd)]
+    assert [r.data.tags[tracking.TAG_VARIANT] for r in nested] == table_order == ["sn", "gp", "drift"]
+    assert [r.data.metrics["best_fvd"] for r in nested] == [12.0, 25.0, 50.0]
+    assert nested[0].data.metrics["best_fvd_iteration"] == 4.0
+    ends = {r.data.tags[tracking.TAG_VARIANT]: r.data.tags[tracking.TAG_NOTE] for r in nested}
+    assert ends["sn"].startswith("**sn** on `sample`, seed 0: completed at iteration 6; best FVD 12.000 at iteration 4")
+    assert "stopped by ASHA at iteration 2" in ends["drift"]
+
+    run = client.get_run(ctx.parent_run_id)
+    note = run.data.tags[tracking.TAG_NOTE]
+    assert "Winner" in note and "sn" in note.split("Winner", 1)[1].split("\n")[0]
+    assert f"#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}/artifacts/comparison.md" in note
+    # the parent: flat params, the spec as YAML, the dataset as an input, real clips as image "samples" at step 0
+    params = run.data.params
+    assert params["variants"] == "gp, sn, drift" and params["max_t"] == "6" and params["model.frames"] == "16"
+    assert params["n_real"] == "8" and params["n_fake"] == "4" and not any(k.startswith("spec.") for k in params)
+    spec_yaml = Path(client.download_artifacts(ctx.parent_run_id, "spec.yaml", str(tmp_path))).read_text()
+    assert parse_spec(yaml.safe_load(spec_yaml)) == spec
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["sample"]
+    assert any("samples+step+0+" in a.path for a in client.list_artifacts(ctx.parent_run_id, "images"))
+    assert "sweep/best_fvd" in run.data.metrics and "best_fvd" not in run.data.metrics
+    trials_csv = Path(client.download_artifacts(ctx.parent_run_id, "trials.csv", str(tmp_path))).read_text()
+    assert trials_csv.startswith("variant,best_fvd,")
+
+    # the best trial's generator, logged with mlflow.pytorch, loads and generates clips of the model's shape
+    model_uri = run.data.tags[tracking.TAG_BEST_MODEL]
+    assert model_uri in note
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model puts the model's code folder on sys.path
+    with _use_tracking_uri(ctx.tracking_uri):
+        generator = mlflow.pytorch.load_model(model_uri)
+    with torch.inference_mode():
+        clips = generator(torch.randn(2, spec.model.z_dim))
+    assert clips.shape == (2, 3, 16, 32, 32) and float(clips.abs().max()) <= 1.0
+    logged = client.get_logged_model(model_uri.split("/")[-1])
+    assert logged.source_run_id == nested[0].info.run_id
