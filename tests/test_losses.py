@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidgan.losses import drift_penalty, gradient_penalty, interpolate
+from vidgan.config import ModelConfig
+from vidgan.losses import drift_penalty, gradient_penalty, interpolate, penalty_from_norms
+from vidgan.models import Critic
 from vidgan.variants import PRESETS, Variant, get_variant
 
 SHAPE = (3, 3, 4, 5, 5)  # [B, C, T, H, W]
@@ -155,3 +157,84 @@ def test_bad_variants_are_refused() -> None:
         Variant(name="x", penalty="gradient")
     with pytest.raises(ValueError):
         get_variant("gp", lambda_=3)
+
+
+# ------------------------------------------------------------------ the penalty pass in bf16 (issue #10)
+def _reference_gradient_penalty(critic, real, fake, variant, generator):  # noqa: ANN001, ANN202
+    """gradient_penalty as it was before the autocast option, spelled out."""
+    point = real if variant.penalty == "r1" else interpolate(real, fake, generator)
+    point = point.detach().float().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(point).float().sum(), point, create_graph=True)
+    norms = grad.float().flatten(1).norm(2, dim=1)
+    return penalty_from_norms(norms, variant), norms.detach()
+
+
+def _tiny_critic(variant: Variant, seed: int) -> tuple[Critic, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    critic = Critic(ModelConfig(frames=16, size=32, width=4, z_dim=8), spectral_norm=variant.spectral_norm,
+                    layer_norm=variant.layer_norm).eval()  # eval: spectral norm's power iteration stays put
+    g = torch.Generator().manual_seed(seed)
+    return critic, torch.rand(4, 3, 16, 32, 32, generator=g) * 2 - 1, torch.rand(4, 3, 16, 32, 32, generator=g) * 2 - 1
+
+
+def _penalty_and_grads(critic, real, fake, variant, dtype, device, scale=1.0):  # noqa: ANN001, ANN202
+    critic.zero_grad(set_to_none=True)
+    value, norms = gradient_penalty(lambda x: critic(x) * scale, real.to(device), fake.to(device), variant,
+                                    torch.Generator(device=device).manual_seed(1), autocast_dtype=dtype)
+    value.backward()
+    grads = torch.cat([p.grad.flatten() for p in critic.parameters() if p.grad is not None])
+    return value.detach(), norms, grads
+
+
+@pytest.mark.parametrize("name", ["gp", "sn_gp", "r1"])
+def test_penalty_without_autocast_is_unchanged(name: str) -> None:
+    """The path every CPU run takes (no autocast) gives bit-identical penalty, norms and critic gradients."""
+    variant = get_variant(name)
+    critic, real, fake = _tiny_critic(variant, 0)
+    value, norms, grads = _penalty_and_grads(critic, real, fake, variant, None, "cpu")
+    critic.zero_grad(set_to_none=True)
+    ref_value, ref_norms = _reference_gradient_penalty(critic, real, fake, variant, torch.Generator().manual_seed(1))
+    ref_value.backward()
+    ref_grads = torch.cat([p.grad.flatten() for p in critic.parameters() if p.grad is not None])
+    assert torch.equal(value, ref_value.detach()) and torch.equal(norms, ref_norms) and torch.equal(grads, ref_grads)
+
+
+# Stated tolerance of the bf16 critic pass against fp32 (relative; critic scaled so |grad| ~ 1.5, where the
+# penalty is sensitive to its norms). Layer-norm critics: 5% (2.4x the worst seen on CPU: norms 0.8%,
+# penalty 1.3%, gradients 1.1%). sn_gp has no layer norm and spectral norm's sigma is also computed in bf16
+# under autocast (as in the critic's main pass): 20% (worst seen on CPU: penalty 6.7%, gradients 9.4%).
+BF16_TOLERANCE = {"gp": 0.05, "r1": 0.05, "one_sided": 0.05, "sn_gp": 0.2}
+
+
+def _check_bf16_penalty(name: str, device: str) -> None:
+    variant = get_variant(name)
+    tol = BF16_TOLERANCE[name]
+    for seed in (0, 1):
+        critic, real, fake = _tiny_critic(variant, seed)
+        critic.to(device)
+        _, n0, _ = _penalty_and_grads(critic, real, fake, variant, None, device)
+        scale = 1.5 / n0.mean().item()
+        v32, n32, g32 = _penalty_and_grads(critic, real, fake, variant, None, device, scale)
+        v16, n16, g16 = _penalty_and_grads(critic, real, fake, variant, torch.bfloat16, device, scale)
+        assert v16.dtype == n16.dtype == g16.dtype == torch.float32  # norms, penalty and gradients stay fp32
+        assert torch.allclose(n16, n32, rtol=tol, atol=0), (n16, n32)
+        assert abs(v16 - v32).item() <= tol * abs(v32).item(), (v16, v32)
+        assert ((g16 - g32).norm() / g32.norm()).item() <= tol
+        assert torch.nn.functional.cosine_similarity(g16, g32, dim=0).item() >= 1 - tol / 10
+
+
+@pytest.mark.parametrize("name", ["gp", "sn_gp"])
+def test_bf16_penalty_matches_fp32_cpu_autocast(name: str) -> None:
+    """The same check with CPU autocast (the trainer uses bf16 only on CUDA; this runs without a GPU)."""
+    _check_bf16_penalty(name, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(BF16_TOLERANCE))
+def test_bf16_penalty_matches_fp32_cuda(name: str) -> None:
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # against true fp32
+    try:
+        _check_bf16_penalty(name, "cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

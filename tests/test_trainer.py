@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
 from vidgan.config import ModelConfig, TrainConfig
 from vidgan.synthetic import synthetic_batches
-from vidgan.trainer import Trainer, TrainingDiverged, load_generator, read_checkpoint, to_model_range
+from vidgan.trainer import (
+    Trainer,
+    TrainingDiverged,
+    TrainingOutOfMemory,
+    limit_gpu_memory,
+    load_generator,
+    read_checkpoint,
+    to_model_range,
+)
 from vidgan.variants import PRESETS, get_variant
 
 TINY = ModelConfig(frames=16, size=32, width=4, z_dim=8)
@@ -149,3 +159,84 @@ def test_restore_under_a_new_config_keeps_the_moments_and_takes_the_new_lr_and_b
     # a plain resume (same config) is unchanged by this
     same = Trainer.load(path)
     assert all(g["lr"] == TRAIN.lr and g["betas"] == TRAIN.betas for g in same.opt_g.param_groups)
+
+
+# ------------------------------------------------------------------ GPU sharing and the data path (issue #10)
+def test_out_of_memory_ends_the_iteration_with_a_clear_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN)
+    trainer.fit(synthetic_batches(TINY, 3), 1)
+
+    def oom(real: torch.Tensor) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 11.5 GiB cap)\nmore")
+
+    monkeypatch.setattr(trainer, "_critic_update", oom)
+    with pytest.raises(TrainingOutOfMemory, match="iteration 2: cpu: CUDA out of memory. Tried") as info:
+        trainer.train_iteration(synthetic_batches(TINY, 3))
+    err = info.value
+    assert err.iteration == 2 and "\n" not in err.reason
+    assert err.__context__ is None  # raised outside the handler: the failed iteration's tensors are released
+    again = pickle.loads(pickle.dumps(err))  # crosses Ray processes
+    assert (again.iteration, again.reason, str(again)) == (err.iteration, err.reason, str(err))
+
+
+def test_limit_gpu_memory_arguments() -> None:
+    with pytest.raises(ValueError):
+        limit_gpu_memory(-0.5)
+    assert limit_gpu_memory(0) is None and limit_gpu_memory(1) is None and limit_gpu_memory(2) is None
+    if not torch.cuda.is_available():
+        assert limit_gpu_memory(0.5) is None  # a no-op without CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_limit_gpu_memory_caps_this_process() -> None:
+    total = torch.cuda.get_device_properties(0).total_memory
+    try:
+        fraction = limit_gpu_memory(0.25)
+        assert fraction is not None and 0 < fraction < 0.25
+        torch.cuda.empty_cache()
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(int(0.3 * total), dtype=torch.uint8, device="cuda")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_staging_matches_to_model_range() -> None:
+    """A pinned channels-last uint8 batch copied on the side stream lands as to_model_range makes it."""
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN.model_copy(update={"bf16": True}), device="cuda")
+    clips = torch.randint(0, 256, (3, 16, 32, 32, 3), dtype=torch.uint8).pin_memory()
+    view = clips.permute(0, 4, 1, 2, 3)
+    real = trainer._real(trainer._stage(view))
+    torch.cuda.synchronize()
+    assert real.is_cuda and real.is_contiguous() and torch.equal(real.cpu(), to_model_range(view, torch.device("cpu")))
+    m = trainer.fit(synthetic_batches(TINY, TRAIN.batch_size), 2)[-1]
+    assert all(torch.isfinite(torch.tensor(m[k])) for k in ("critic_loss", "penalty", "generator_loss"))
+    assert all(g["fused"] for opt in (trainer.opt_d, trainer.opt_g) for g in opt.param_groups)
+
+
+def test_data_wait_counts_only_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_wait_s is the time spent in next(batches) only, not the conversion or the updates (a fake clock
+    that only the iterator and the conversion move)."""
+    import types
+
+    import vidgan.trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    convert = trainer_module.to_model_range
+
+    def slow_convert(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        clock[0] += 100.0
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "to_model_range", slow_convert)
+
+    def waiting():
+        for b in synthetic_batches(TINY, TRAIN.batch_size):
+            clock[0] += 1.0
+            yield b
+
+    m = Trainer(TINY, get_variant("gp"), TRAIN).train_iteration(waiting())
+    assert m["data_wait_s"] == TRAIN.n_critic * 1.0
+    assert m["iter_time_s"] == TRAIN.n_critic * 101.0

@@ -51,14 +51,24 @@ def gradient_penalty(
     fake: torch.Tensor,
     variant: Variant,
     generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penalty, per-sample gradient norms) of a variant, computed in fp32.
+    """(penalty, per-sample gradient norms) of a variant; norms and penalty are computed in fp32.
 
     Interpolates between real and fake for gp / one_sided / zero_centered; at the real samples for r1.
+    ``autocast_dtype`` (the trainer passes bf16 on CUDA with ``bf16``) runs the critic's pass at those
+    points, and so the double backward through it, under autocast: the points stay fp32 leaves, their
+    gradient arrives in fp32, and its per-sample norms and the penalty accumulate in fp32. ``None``: no
+    autocast, fp32 throughout (the CPU path, unchanged).
     """
     point = real if variant.penalty == "r1" else interpolate(real, fake, generator)
     point = point.detach().float().requires_grad_(True)
-    norms = input_gradient_norm(critic(point).float(), point)
+    if autocast_dtype is None:
+        scores = critic(point)
+    else:
+        with torch.autocast(point.device.type, dtype=autocast_dtype):
+            scores = critic(point)
+    norms = input_gradient_norm(scores.float(), point)
     return penalty_from_norms(norms, variant), norms.detach()
 
 
