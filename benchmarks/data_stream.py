@@ -8,6 +8,13 @@ decoded with PIL for the paper-style loader. Batches are uint8 [B, 3, T, H, W] t
 
 Per-core figures: the pyarrow reader and JPEG loader run in this one process without read-ahead; the
 Ray stream runs on a Ray started with --ray-cpus CPUs (its figure is divided by ray-cpus + 1 driver).
+
+``--goals`` (issue #10; use ``--batch 64``) prints instead, for both readers, clips/s and clips per
+CPU-second (every thread of this process plus, for Ray, every process of the Ray it started: the figure a
+loaded machine does not distort), and the share of its time a consumer that spends ``--consumer-ms`` per
+batch away from Python (``time.sleep``, as a GPU step does) waits for batches::
+
+    .venv/bin/python benchmarks/data_stream.py --goals --batch 64 --batches 60
 """
 
 from __future__ import annotations
@@ -99,6 +106,104 @@ def codecs(root: Path) -> None:
               f"{src.num_rows / best:10.0f}")
 
 
+class CpuClock:
+    """CPU seconds of this process (all threads) and of every process it started (Ray's), summed over the
+    processes seen at each reading (a process that ends between two readings loses its last interval)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.seen: dict[int, float] = {}
+
+    def __call__(self) -> float:
+        import psutil
+
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            self.seen[p.pid] = t.user + t.system
+        return sum(self.seen.values())
+
+
+def measure(it, batches: int, batch: int, cpu: CpuClock) -> tuple[float, float, float]:
+    """(clips/s, clips per CPU-second, largest gap s) over ``batches`` batches after one warm-up batch."""
+    next(it)
+    c0, t0 = cpu(), time.perf_counter()
+    last, gap = t0, 0.0
+    for _ in range(batches):
+        next(it)
+        now = time.perf_counter()
+        gap, last = max(gap, now - last), now
+    wall, used = time.perf_counter() - t0, cpu() - c0
+    it.close()
+    return batches * batch / wall, batches * batch / used, gap
+
+
+def consumer_wait(it, batches: int, step_s: float) -> float:
+    """Share of its time a consumer that sleeps ``step_s`` per batch waits in ``next()`` (after 3 warm-up batches)."""
+    for _ in range(3):
+        next(it)
+        time.sleep(step_s)
+    wait, t0 = 0.0, time.perf_counter()
+    for _ in range(batches):
+        t = time.perf_counter()
+        next(it)
+        wait += time.perf_counter() - t
+        time.sleep(step_s)
+    total = time.perf_counter() - t0
+    it.close()
+    return wait / total
+
+
+def goals(shards: str, a: argparse.Namespace) -> None:
+    import os
+
+    from vidgan.data import arrow_clip_batches
+
+    cpu, n, b = CpuClock(), a.batches, a.batch
+    print(f"{a.clips} clips of 32x64x64x3 (lz4 shards), batch {b}, {n} batches; load {os.getloadavg()}")
+    print(f"{'reader':52s} {'clips/s':>8s} {'per core':>9s} {'per CPU-s':>9s} {'max gap':>8s}")
+    r1, c1, g1 = measure(arrow_clip_batches(shards, b, seed=0, flip=True, read_ahead=0, prefetch=0), n, b, cpu)
+    print(f"{'pyarrow reader, one thread (no read-ahead, no producer)':52s} {r1:8.0f} {r1:9.0f} {c1:9.0f} "
+          f"{g1 * 1e3:6.0f}ms")
+    r2, c2, g2 = measure(arrow_clip_batches(shards, b, seed=0, flip=True), n, b, cpu)
+    print(f"{'pyarrow reader as trained (read-ahead + producer)':52s} {r2:8.0f} {'':9s} {c2:9.0f} {g2 * 1e3:6.0f}ms")
+    waits = {"pyarrow": consumer_wait(arrow_clip_batches(shards, b, seed=0, flip=True), n, a.consumer_ms / 1e3)}
+    ray_core = None
+    if not a.no_ray:
+        import ray
+
+        from vidgan.ray_stream import CLIPS_PER_EXECUTION, ray_clip_batches
+
+        ray.init(num_cpus=a.ray_cpus, include_dashboard=False, log_to_driver=False)
+        t0 = time.perf_counter()
+        it = ray_clip_batches(shards, b, seed=0, flip=True)
+        next(it)
+        startup = time.perf_counter() - t0
+        it.close()
+        r3, c3, g3 = measure(ray_clip_batches(shards, b, seed=0, flip=True), n, b, cpu)
+        ray_core = r3 / (a.ray_cpus + 1)
+        print(f"{f'Ray Data stream ({a.ray_cpus} CPU + driver)':52s} {r3:8.0f} {ray_core:9.0f} {c3:9.0f} "
+              f"{g3 * 1e3:6.0f}ms")
+        amortised = CLIPS_PER_EXECUTION / (CLIPS_PER_EXECUTION / r3 + startup)
+        print(f"  start-up to the first batch {startup:.1f} s, once per execution of {CLIPS_PER_EXECUTION} clips: "
+              f"{amortised:.0f} clips/s with it (derived)")
+        waits["Ray Data"] = consumer_wait(ray_clip_batches(shards, b, seed=0, flip=True), n, a.consumer_ms / 1e3)
+        ray.shutdown()
+    for name, w in waits.items():
+        print(f"consumer away {a.consumer_ms:.0f} ms per batch of {b}, {name} stream: waits {100 * w:.1f}% of its time")
+    print(f"load at end {os.getloadavg()}")
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    print(f"goals: pyarrow >= 1500 clips/s per core: {verdict(r1 >= 1500)} one thread, {verdict(c2 >= 1500)} "
+          f"per CPU-second as trained; consumer wait < 5% (pyarrow): {verdict(waits['pyarrow'] < 0.05)}")
+    if ray_core is not None:
+        print(f"       Ray >= 600 clips/s per core: {verdict(ray_core >= 600)} (clips/s / {a.ray_cpus + 1}), "
+              f"{verdict(c3 >= 600)} per CPU-second; consumer wait < 5% (Ray): {verdict(waits['Ray Data'] < 0.05)}")
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -114,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codecs", action="store_true", help="also compare Parquet codecs")
     ap.add_argument("--train-iters", type=int, default=0, help="paper-config iterations (64x64x32, batch 4)")
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--goals", action="store_true", help="per-core clips/s of both readers and the consumer wait")
+    ap.add_argument("--consumer-ms", type=float, default=40.0, help="with --goals: the consumer's time per batch")
     a = ap.parse_args(argv)
+    if a.goals:
+        with tempfile.TemporaryDirectory() as tmp:
+            shards, _ = make_data(Path(tmp), a.clips)
+            goals(shards, a)
+        return 0
 
     from vidgan.data import arrow_clip_batches
     from vidgan.ray_stream import ray_clip_batches

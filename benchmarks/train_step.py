@@ -44,6 +44,17 @@ Fairness
 Usage::
 
     python benchmarks/train_step.py --batch 4 --iterations 5 --warmup 1 --paper-code /tmp/paper-code
+
+Modes
+    ``--data DIR [--reader arrow|ray]``: ours is fed by the real reader (a shard directory of the model's
+    clip shape) instead of pre-made batches; the report adds the data wait as a fraction of the iteration
+    (``data_wait_s``: the time the training thread waited in ``next()``). The paper code keeps the pool.
+    ``--trials 1,2,4``: for each N, N trainer processes (ours only) on one device at once, started
+    together after their warmup; prints each trial's s/iteration and the aggregate iterations/s.
+    ``--profile``: after the timed repetitions, ``--profile-iterations`` more of ours under torch.profiler;
+    prints the top kernels (CUDA) and the top ops by self CPU time.
+    ``--fp32-penalty`` (the penalty's critic pass outside bf16 autocast, as before) and ``--channels-last``
+    (models and real batches in channels_last_3d) are switches to compare on a GPU.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import contextlib
 import importlib
 import importlib.util
 import itertools
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -92,6 +104,7 @@ class Contender:
     step: Callable[[], None]
     flops: int = 0
     times: list[float] = field(default_factory=list)
+    metrics: list[dict[str, float]] = field(default_factory=list)  # ours: train_iteration's, for data wait
 
     @property
     def median(self) -> float:
@@ -99,16 +112,41 @@ class Contender:
 
 
 # --------------------------------------------------------------------------- ours
+def open_batches(args: argparse.Namespace, pool: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The pre-made pool, cycled; or with ``--data`` the real reader's endless stream."""
+    if not args.data:
+        return itertools.cycle(pool)
+    from vidgan.shards import describe
+
+    shape = describe(args.data).clip_shape
+    if shape[:3] != (args.frames, args.size, args.size):
+        want = (args.frames, args.size, args.size)
+        raise SystemExit(f"--data {args.data} holds {shape[:3]} clips, the model takes {want}")
+    if args.reader == "ray":
+        from vidgan.ray_stream import ray_clip_batches as stream
+    else:
+        from vidgan.data import arrow_clip_batches as stream
+    return stream(args.data, args.batch, shuffle=True, flip=True, seed=args.seed)
+
+
 def make_ours(args: argparse.Namespace, device: torch.device, pool: list[torch.Tensor]) -> Contender:
     model = ModelConfig(frames=args.frames, size=args.size, width=args.width, z_dim=args.z_dim)
     train = TrainConfig(batch_size=args.batch, bf16=args.bf16, seed=args.seed)
     trainer = Trainer(model, get_variant(args.variant), train, device=device)
-    batches = itertools.cycle(pool)
+    if args.fp32_penalty:
+        trainer.penalty_autocast = None
+    if args.channels_last:
+        for net in (trainer.generator, trainer.critic):
+            net.to(memory_format=torch.channels_last_3d)  # in place: the optimisers keep their parameters
+        trainer.input_format = torch.channels_last_3d
+    batches = open_batches(args, pool)
+    c = Contender("vidgan", lambda: None)
 
     def step() -> None:
-        trainer.train_iteration(batches)
+        c.metrics.append(trainer.train_iteration(batches))
 
-    return Contender("vidgan", step)
+    c.step = step
+    return c
 
 
 # --------------------------------------------------------------------------- the paper's code
@@ -254,6 +292,8 @@ def run(args: argparse.Namespace) -> list[Contender]:
         for c in contenders if i % 2 == 0 else contenders[::-1]:
             c.step()
         _sync(device)
+    for c in contenders:
+        c.metrics.clear()
     # Timed, interleaved: the order alternates every repetition.
     for i in range(args.iterations):
         for c in contenders if i % 2 == 0 else contenders[::-1]:
@@ -276,6 +316,17 @@ def report(contenders: list[Contender], args: argparse.Namespace) -> None:
             f"{c.name:12} {med:10.3f} {min(c.times):8.3f} {max(c.times):8.3f} {1 / med:8.4f} "
             f"{c.flops / 1e9:11.2f} {c.flops / 1e9 / med:8.2f}"
         )
+    ours_metrics = contenders[0].metrics
+    if args.data and ours_metrics:
+        wait = sum(m["data_wait_s"] for m in ours_metrics)
+        total = sum(m["iter_time_s"] for m in ours_metrics)
+        worst = max(m["data_wait_s"] / m["iter_time_s"] for m in ours_metrics)
+        print(
+            f"data ({args.reader} reader, {args.data}): wait {1e3 * wait / len(ours_metrics):.1f} ms/iteration = "
+            f"{100 * wait / total:.2f}% of the iteration (worst iteration {100 * worst:.2f}%)"
+        )
+    if pick_device(args.device).type == "cuda":
+        print(f"peak GPU memory allocated in this process: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     if len(contenders) == 2:
         ours, theirs = contenders
         ratio = theirs.median / ours.median
@@ -302,15 +353,133 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for ours (CUDA only, as in the trainer)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--paper-code", default=None, help="checkout of talcron/frame-prediction-pytorch to compare with")
+    p.add_argument("--data", default=None, help="feed ours from this shard directory (the real reader)")
+    p.add_argument("--reader", default="arrow", choices=("arrow", "ray"), help="with --data: which reader")
+    p.add_argument("--trials", default=None, help="comma-separated trainer counts to run at once, e.g. 1,2,4")
+    p.add_argument("--profile", action="store_true", help="profile ours with torch.profiler after the timing")
+    p.add_argument("--profile-iterations", type=int, default=1)
+    p.add_argument("--top", type=int, default=15, help="rows of the profile tables")
+    p.add_argument("--fp32-penalty", action="store_true", help="penalty critic pass outside bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="channels_last_3d models and real batches")
     args = p.parse_args(argv)
     if args.iterations < 1:
         p.error("--iterations must be >= 1")
+    if args.trials is not None:
+        try:
+            args.trial_counts = [int(n) for n in args.trials.split(",")]
+        except ValueError:
+            p.error(f"--trials takes counts like 1,2,4, got {args.trials!r}")
+        if min(args.trial_counts) < 1:
+            p.error("--trials counts must be >= 1")
     return args
+
+
+# --------------------------------------------------------------------------- profile
+def profile(c: Contender, args: argparse.Namespace, device: torch.device) -> None:
+    """Top kernels (CUDA) and top ops by self CPU time over ``--profile-iterations`` iterations of ``c``."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(args.profile_iterations):
+            c.step()
+        _sync(device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    print(f"\nprofile: {args.profile_iterations} iteration(s) of {c.name}, {wall:.3f} s wall under the profiler")
+    tables = [("ops by self CPU time", [e for e in events if e.device_type == DeviceType.CPU], "self_cpu_time_total")]
+    if device.type == "cuda":
+        kernels = [e for e in events if e.device_type != DeviceType.CPU]
+        tables.insert(0, ("kernels by GPU time", kernels, "self_device_time_total"))
+    for title, rows, key in tables:
+        total = sum(getattr(e, key) for e in rows) or 1.0
+        rows = sorted(rows, key=lambda e: getattr(e, key), reverse=True)[: args.top]
+        print(f"top {len(rows)} {title} (total {total / 1e3:.1f} ms):")
+        print(f"  {'share':>6} {'ms':>9} {'calls':>7}  name")
+        for e in rows:
+            t = getattr(e, key)
+            print(f"  {100 * t / total:5.1f}% {t / 1e3:9.2f} {e.count:7d}  {e.key[:110]}")
+
+
+# --------------------------------------------------------------------------- several trials at once
+def _trial(args: argparse.Namespace, index: int, n: int, barrier: Any, results: Any) -> None:
+    """One trial process: build ours, warm up, start with the others, time ``--iterations`` iterations."""
+    try:
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // n))
+        device = pick_device(args.device)
+        model = ModelConfig(frames=args.frames, size=args.size, width=args.width, z_dim=args.z_dim)
+        args.seed += index
+        pool = [synthetic_batch(model, args.batch, seed=args.seed, index=i) for i in range(6)]
+        c = make_ours(args, device, pool)
+        for _ in range(max(args.warmup, 1)):
+            c.step()
+        _sync(device)
+        c.metrics.clear()
+        barrier.wait()
+        start = time.monotonic()
+        for _ in range(args.iterations):
+            t0 = time.perf_counter()
+            c.step()
+            _sync(device)
+            c.times.append(time.perf_counter() - t0)
+        end = time.monotonic()
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        wait = sum(m["data_wait_s"] for m in c.metrics) / max(sum(m["iter_time_s"] for m in c.metrics), 1e-9)
+        results.put((index, start, end, c.times, peak, wait, None))
+    except BaseException as e:  # reported by the parent
+        barrier.abort()
+        results.put((index, 0.0, 0.0, [], 0, 0.0, f"{type(e).__name__}: {e}"))
+
+
+def run_trials(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    print(
+        f"device={device} torch={torch.__version__} load_avg={os.getloadavg()[0]:.1f} config: frames={args.frames} "
+        f"size={args.size} width={args.width} batch={args.batch} variant={args.variant} "
+        f"bf16={args.bf16 and device.type == 'cuda'} iterations={args.iterations} per trial "
+        f"data={args.data or 'pre-made pool'}"
+    )
+    ctx = mp.get_context("spawn")
+    base = None
+    print(f"{'trials':>6} {'s/iter per trial (median)':>26} {'iter/s together':>16} {'sum of trial iter/s':>20} "
+          f"{'vs 1 trial':>10} {'peak GiB/trial':>14} {'data wait':>9}")
+    for n in args.trial_counts:
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_trial, args=(args, i, n, barrier, results)) for i in range(n)]
+        for p in procs:
+            p.start()
+        got = [results.get() for _ in procs]
+        for p in procs:
+            p.join()
+        errors = [g[6] for g in got if g[6]]
+        if errors:
+            print(f"{n:6d} failed: {errors[0]}")
+            continue
+        window = max(g[2] for g in got) - min(g[1] for g in got)
+        together = n * args.iterations / window
+        summed = sum(args.iterations / (g[2] - g[1]) for g in got)
+        base = base or (together if n == 1 else None)
+        med = statistics.median(t for g in got for t in g[3])
+        ratio = f"{together / base:9.3f}x" if base else f"{'':>10}"
+        print(f"{n:6d} {med:26.3f} {together:16.3f} {summed:20.3f} {ratio} "
+              f"{max(g[4] for g in got) / 2**30:14.2f} {100 * max(g[5] for g in got):8.2f}%", flush=True)
+    print(f"load_avg at end={os.getloadavg()[0]:.1f} (iter/s together: all trials' iterations / the span from the "
+          f"first start to the last end)")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report(run(args), args)
+    if args.trials is not None:
+        run_trials(args)
+        return
+    contenders = run(args)
+    report(contenders, args)
+    if args.profile:
+        profile(contenders[0], args, pick_device(args.device))
 
 
 if __name__ == "__main__":
