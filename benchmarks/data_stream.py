@@ -237,14 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         r, _, _ = rate(jpeg_batches(jpgs, a.batch), a.batches, a.batch)
         rows.append(("TinyVideo JPEG loader (PIL)", r, r, None))
-        r, _, _ = rate(arrow_clip_batches(shards, a.batch, seed=0, flip=True, read_ahead=0), a.batches, a.batch)
+        # one thread, as the per-core column assumes (no read-ahead, no background producer)
+        one = arrow_clip_batches(shards, a.batch, seed=0, flip=True, read_ahead=0, prefetch=0)
+        r, _, _ = rate(one, a.batches, a.batch)
         rows.append(("pyarrow reader", r, r, None))
         if not a.no_ray:
             import ray
 
             ray.init(num_cpus=a.ray_cpus, include_dashboard=False, log_to_driver=False)
             n = max(a.batches, 3 * a.clips // a.batch)  # cross at least two epoch boundaries
-            it = ray_clip_batches(shards, a.batch, seed=0, flip=True)
+            it = ray_clip_batches(shards, a.batch, seed=0, flip=True, prefetch=0)  # batches on this thread
             r, _, gaps = rate(it, n, a.batch)
             rows.append((f"Ray Data stream ({a.ray_cpus} CPU)", r, r / (a.ray_cpus + 1),
                          f"max gap {max(gaps) * 1e3:.0f} ms, median {statistics.median(gaps) * 1e3:.0f} ms "
