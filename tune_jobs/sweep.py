@@ -415,7 +415,9 @@ def run_sweep(
                 stop={"iteration": spec.scheduler.max_t},
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute=spec.eval.metric, checkpoint_score_order="min"
+                    # PBT exploits a donor's latest checkpoint: keep more, so that none is deleted under it
+                    num_to_keep=4 if spec.scheduler.type == "pbt" else 2,
+                    checkpoint_score_attribute=spec.eval.metric, checkpoint_score_order="min",
                 ),
                 verbose=verbose,
             ),
