@@ -6,6 +6,7 @@ artifact and the best generator as an MLflow model that loads and generates.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_trial_run_metrics_images_inputs_and_restart(data: Path, store: Path, tm
     pngs = sorted(p for p in images if p.endswith(".png") and "+compressed" not in p)
     assert [p.split("+step+")[1].split("+")[0] for p in pngs] == ["2", "4", "6"]
     png = Image.open(client.download_artifacts(run.info.run_id, pngs[0], str(tmp_path)))
-    assert png.size == (4 * (8 * 33 - 1), 4 * (4 * 33 - 1))  # 8 frames x 4 clips of 32 px, 1 px gaps, 4x
+    assert png.size == (4 * (4 * 33 - 1), 4 * (4 * 33 - 1))  # 4 frames x 4 clips of 32 px, 1 px gaps, 4x
     gif = client.download_artifacts(run.info.run_id, "samples/samples_0000006.gif", str(tmp_path))
     assert Image.open(gif).size == (4 * 65, 4 * 65)  # a 2x2 grid of 32 px clips, 4x
     assert "fvd_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -195,6 +196,13 @@ def test_finished_sweep_ranks_describes_and_logs_the_best_generator(
     note = run.data.tags[tracking.TAG_NOTE]
     assert "Winner" in note and "sn" in note.split("Winner", 1)[1].split("\n")[0]
     assert f"#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}/artifacts/comparison.md" in note
+    # a link to a shared view of the trials (sorted by best_fvd, samples side by side) the UI reads from the experiment
+    view = f"#/experiments/{ctx.experiment_id}/runs?viewStateShareKey=vidgan-ui-sweep&compareRunsMode=CHART"
+    assert view in note
+    state = json.loads(client.get_experiment(ctx.experiment_id).tags["mlflow.sharedViewState.vidgan-ui-sweep"])
+    assert state["orderByKey"] == "metrics.`best_fvd`" and ctx.parent_run_id in state["searchFilter"]
+    (image,) = [c for c in state["compareRunCharts"] if c["type"] == "IMAGE"]
+    assert image["imageKeys"] == ["samples"] and image["showRunParams"] is False
     # the parent: flat params, the spec as YAML, the dataset as an input, real clips as image "samples" at step 0
     params = run.data.params
     assert params["variants"] == "gp, sn, drift" and params["max_t"] == "6" and params["model.frames"] == "16"

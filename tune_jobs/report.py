@@ -270,7 +270,7 @@ def describe_row(row: TrialRow) -> str:
 
 def sweep_description(
     rows: list[TrialRow], comparison_link: str = "comparison.md", best_model: str = "",
-    variants: Sequence[Any] | None = None,
+    variants: Sequence[Any] | None = None, compare_link: str = "",
 ) -> str:
     """The parent run's MLflow description (Markdown): the winner and its ties, the ranking of the trials by
     best FVD (the order of the trial runs sorted by the metric ``best_fvd``), where the table is, and where
@@ -313,6 +313,9 @@ def sweep_description(
     lines.append(f"\nThe whole table: [comparison.md]({comparison_link}) among this run's artifacts (with "
                  "comparison.csv and fvd_vs_iterations.png). The trials below are ranked by best FVD, lowest first, as "
                  "the trial runs sorted by their metric `best_fvd` are.")
+    if compare_link:
+        lines.append(f"[Compare the trials]({compare_link}): sorted by best FVD, their samples side by side with a "
+                     "step slider, best FVD bars and FVD curves.")
     if best_model:
         lines.append(f"The best trial's generator: `{best_model}` (`mlflow.pytorch.load_model`).")
     lines += ["", "| # | variant | dataset | seed | best FVD | at iteration | ended |", "|---|---|---|---|---|---|---|"]

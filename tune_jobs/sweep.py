@@ -274,7 +274,7 @@ def real_strip(path: str, n_clips: int = 4, pool: int = 64) -> Any:
     return strip(clips[picked], n_clips=n_clips)
 
 
-def log_sweep_start(tracker: tracking.Tracker, spec: SweepSpec, name: str) -> None:
+def log_sweep_start(tracker: tracking.Tracker, spec: SweepSpec, name: str, view: str = "") -> None:
     """What the parent run holds from its start: flat parameters, the spec as ``spec.yaml`` (credentials removed),
     the datasets as inputs, a strip of real clips (image key ``samples``, step 0, one row block per dataset) to
     compare the trials' samples with, and a description."""
@@ -302,6 +302,7 @@ def log_sweep_start(tracker: tracking.Tracker, spec: SweepSpec, name: str) -> No
         f"Sweep **{name}** running: {trials} of {', '.join(spec.variants)} on "
         f"{', '.join(d.name for d in spec.datasets)}, seeds {', '.join(str(s) for s in spec.seeds)}, up to "
         f"{spec.scheduler.max_t} iterations ({spec.scheduler.type}). The spec: `spec.yaml` among the artifacts."
+        + (f"\n\n[Compare the trials]({view}): sorted by best FVD, their samples side by side." if view else "")
     )
 
 
@@ -320,7 +321,9 @@ def describe_sweep(
 ) -> None:
     """The parent run's final description (winner, ties, ranking, a link to comparison.md) and its model tag."""
     link = f"#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}/artifacts/comparison.md"
-    parent.describe(report.sweep_description(rows, link, model_uri, variants))
+    view = tracking.share_trials_view(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep,
+                                      ctx.spec.eval.every)
+    parent.describe(report.sweep_description(rows, link, model_uri, variants, compare_link=view))
     if model_uri:
         parent.set_tags({tracking.TAG_BEST_MODEL: model_uri})
 
@@ -379,7 +382,8 @@ def run_sweep(
     if state is None:
         parent = tracking.start_parent_run(uri, experiment_id, name, tags={"vidgan.spec": spec.name})
         tracker = tracking.Tracker(uri, parent)
-        log_sweep_start(tracker, spec, name)
+        view = tracking.share_trials_view(uri, experiment_id, parent, name, spec.eval.every)
+        log_sweep_start(tracker, spec, name, view)
         state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
         _write_state(exp_path, state)
     parent = state["parent_run_id"]

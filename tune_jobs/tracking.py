@@ -256,6 +256,46 @@ def run_open_lines(uri: str, run_id: str) -> list[str]:
     return open_lines(uri, retry(lambda: MlflowClient(uri).get_run(run_id)).info.experiment_id, run_id)
 
 
+#: the experiment tag prefix under which the MLflow UI keeps a shared view (its "Share view" button)
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+
+
+def share_trials_view(uri: str, experiment_id: str, parent_run_id: str, sweep: str, step: int) -> str:
+    """Save an MLflow shared view of a sweep's trials and return its UI path (``#/experiments/...``, relative
+    to the UI's address). The view: the trial runs of this sweep sorted by ``best_fvd`` with the variant, seed,
+    best_fvd and how-it-ended columns, and a "Compare variants" chart section: the ``samples`` images of every
+    trial side by side at ``step`` with a step slider (run parameters hidden, which would push each image onto
+    a line of its own), the best_fvd bars and the fvd curves. The state is the MLflow 3 UI's own JSON (what its
+    Share button saves); a UI that cannot read it says so and shows the default view."""
+    import json
+    import re
+
+    key = "vidgan-" + re.sub(r"[^A-Za-z0-9_-]", "-", sweep)[:100]
+    section = "vidgan-compare"
+    chart = {"metricSectionId": section, "deleted": False, "isGenerated": False, "runsCountToCompare": 100}
+    state = {
+        "searchFilter": f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        "orderByKey": "metrics.`best_fvd`",
+        "orderByAsc": True,
+        "selectedColumns": ["params.`variant`", "params.`dataset`", "params.`seed`", "metrics.`best_fvd`",
+                            "metrics.`best_fvd_iteration`", "metrics.`fvd`", f"tags.`{TAG_END}`"],
+        "compareRunCharts": [
+            {**chart, "uuid": f"{key}-samples", "type": "IMAGE", "imageKeys": [SAMPLES_KEY], "step": step,
+             "showRunParams": False},
+            {**chart, "uuid": f"{key}-best", "type": "BAR", "metricKey": "best_fvd"},
+            {**chart, "uuid": f"{key}-fvd", "type": "LINE", "metricKey": "fvd", "selectedMetricKeys": ["fvd"],
+             "xAxisKey": "step", "scaleType": "linear", "lineSmoothness": 0},
+        ],
+        "compareRunSections": [{"uuid": section, "name": "Compare variants", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True,
+    }
+    client = MlflowClient(uri)
+    retry(lambda: client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key, json.dumps(state)))
+    return (f"#/experiments/{experiment_id}/runs?viewStateShareKey={key}&compareRunsMode=CHART"
+            "&workflowType=machine_learning")
+
+
 # ------------------------------------------------------------------------------------------ lineage
 def dataset_input(path: str, name: str, context: str = "train") -> Any:
     """A shard directory as an MLflow dataset input: source = the directory (credentials removed), digest =

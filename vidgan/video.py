@@ -55,11 +55,12 @@ def enlarge(images: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray:
 
 
 def strip(
-    clips: np.ndarray, n_clips: int = 4, n_frames: int = 8, scale: int = DISPLAY_SCALE, pad: int = 1
+    clips: np.ndarray, n_clips: int = 4, n_frames: int = 4, scale: int = DISPLAY_SCALE, pad: int = 1
 ) -> np.ndarray:
     """One image of clips as rows of frames: the first ``n_clips`` clips [N, T, H, W, 3], each as ``n_frames``
     frames evenly spaced from first to last, grey gaps of ``pad`` pixels, enlarged ``scale`` times.
-    Returns uint8 [rows*(H+pad)-pad, cols*(W+pad)-pad, 3] * scale, ready for a PNG (``MlflowClient.log_image``)."""
+    Returns uint8 [rows*(H+pad)-pad, cols*(W+pad)-pad, 3] * scale, ready for a PNG (``MlflowClient.log_image``).
+    4 x 4 by default: about square, as MLflow's image grid shows every image in a square cell."""
     n, t, h, w, c = clips.shape
     rows, cols = min(n, n_clips), min(t, n_frames)
     if rows == 0:
