@@ -588,10 +588,14 @@ class TrialLogger:
             self.system.finish()
             self.system = None
 
-    def diverged(self, exc: Exception) -> None:
-        """Mark the run diverged (a restart of this trial then fails at once) and FAILED."""
+    def failed(self, exc: Exception) -> None:
+        """Mark the run FAILED with the reason: ``diverged`` for a non-finite loss (a restart of this trial
+        then fails at once), ``failed`` otherwise (e.g. out of GPU memory within the trial's share)."""
+        from vidgan.trainer import TrainingDiverged
+
         self.stop_system_metrics()
-        self.tracker.set_tags({TAG_END: "diverged", TAG_REASON: str(exc)})
+        end = "diverged" if isinstance(exc, TrainingDiverged) else "failed"
+        self.tracker.set_tags({TAG_END: end, TAG_REASON: str(exc)})
         self.tracker.finish("FAILED")
 
     def finish(self) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from tune_jobs.spec import SweepSpec, Trial
 from tune_jobs.tracking import SweepContext, TrialLogger
-from vidgan.trainer import Trainer, TrainingDiverged, read_checkpoint
+from vidgan.trainer import Trainer, TrainingDiverged, TrainingOutOfMemory, limit_gpu_memory, read_checkpoint
 
 #: file names inside a trial's Tune checkpoint folder
 CHECKPOINT_FILE = "trainer.pt"
@@ -40,6 +40,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     spec, trial = ctx.spec, ctx.spec.trial(config)
     torch.set_num_threads(spec.resources.threads or max(1, int(spec.resources.cpu)))
     logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id())
+    limit_gpu_memory(spec.resources.gpu)  # a fractional GPU: cap this trial's share of its memory
     trainer = Trainer(spec.model, trial.variant, trial.train_config)
     history = restore(trainer, tune.get_checkpoint())
     logger.restored(checkpoint_owner(tune.get_checkpoint()), trainer.iteration)
@@ -56,8 +57,8 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         try:
             window.add(trainer.train_iteration(batches))
             logger.gauges.count(iterations=1, clips=window.clips_per_iteration)
-        except TrainingDiverged as exc:
-            logger.diverged(exc)
+        except (TrainingDiverged, TrainingOutOfMemory) as exc:  # ends this trial with its reason, not the sweep
+            logger.failed(exc)
             raise
         if trainer.iteration % ev.every and trainer.iteration < max_t:
             continue
