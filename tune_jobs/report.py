@@ -215,9 +215,11 @@ def markdown_variants(variants: list[VariantRow]) -> str:
 
 
 def variants_csv(variants: list[VariantRow]) -> str:
-    """comparison.csv: one line per (variant, dataset) over seeds."""
+    """comparison.csv: one line per (variant, dataset) over seeds; the variant and the FVD columns lead (what a CSV
+    preview, e.g. MLflow's, shows first)."""
     out = io.StringIO()
     keys = [k for k in VariantRow.__dataclass_fields__ if k != "values"]
+    keys = sorted(keys, key=lambda k: (k != "variant", "fvd" not in k))  # stable: the others keep their order
     writer = csv.DictWriter(out, fieldnames=keys)
     writer.writeheader()
     for v in variants:
