@@ -34,7 +34,10 @@ def trial_count(spec: SweepSpec) -> tuple[int, str]:
 
 
 def _scheduler_line(spec: SweepSpec) -> str:
-    s, metric = spec.scheduler, spec.eval.metric
+    s, ev = spec.scheduler, spec.eval
+    how = {"mean_last": f"the mean of the last {ev.smoothing.k} evaluations' ", "best_so_far": "the best so far of ",
+           "none": "the latest "}[ev.smoothing.rule]
+    metric = f"{ev.scheduler_metric} = {how}{ev.metric} of the {'EMA' if ev.generator == 'ema' else 'raw'} generator"
     if s.type == "asha":
         rungs = asha_rungs(s.max_t, s.grace_period, s.reduction_factor)
         return (

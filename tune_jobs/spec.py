@@ -51,7 +51,7 @@ class SmoothingSpec(_Spec):
     lowest so far; ``none``: the latest value. See benchmarks/asha_noise.py for why the default."""
 
     rule: Literal["mean_last", "best_so_far", "none"] = "mean_last"
-    k: int = Field(3, ge=1)  # evaluations averaged by mean_last
+    k: int = Field(5, ge=1)  # evaluations averaged by mean_last
 
     def apply(self, values: Sequence[float]) -> float:
         """The smoothed score of a trial's evaluations so far (oldest first; lower is better; NaNs skipped)."""
