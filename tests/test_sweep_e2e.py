@@ -221,7 +221,17 @@ def _wait_for_fvd_steps(root: Path, name: str, steps: int, proc: subprocess.Pope
     raise AssertionError(f"no trial of {name} reached {steps} evaluations in {timeout} s")
 
 
-def _trial_pids() -> list[int]:
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state; comm may hold spaces
+
+
+def _trial_pids(root: int) -> list[int]:
+    """Trial worker processes descending from ``root``: this module's Ray cluster was started by this test
+    process, whose raylet starts the workers, so Ray clusters of other processes on the machine do not count."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -230,7 +240,11 @@ def _trial_pids() -> list[int]:
             except OSError:
                 continue
             if cmd.startswith(b"ray::ImplicitFunc"):
-                pids.append(int(entry.name))
+                pid = ancestor = int(entry.name)
+                while ancestor > 1 and ancestor != root:
+                    ancestor = _parent(ancestor)
+                if ancestor == root:
+                    pids.append(pid)
     return pids
 
 
@@ -238,7 +252,7 @@ def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: 
     spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2})
     proc = _start_sweep(workdir, spec, "kill")
     run_id = _wait_for_fvd_steps(workdir, "kill", 1, proc)
-    pids = _trial_pids()
+    pids = _trial_pids(os.getpid())
     assert len(pids) == 1
     os.kill(pids[0], signal.SIGKILL)
     assert proc.wait(timeout=300) == 0, (workdir / "kill.log").read_text()[-3000:]
@@ -268,6 +282,60 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path) -> None:
     assert len(nested) == 2  # no duplicate runs after the resume
     for run in nested:
         assert {m.step for m in _client(workdir).get_metric_history(run.info.run_id, "fvd")} == {2, 4, 6}
+
+
+def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the_donor(workdir: Path) -> None:
+    # Two trials, synchronous PBT every 2 iterations: at each interval the worse trial takes the better one's
+    # checkpoint and a perturbed copy of its config (x1.2 or x0.8: resampling off).
+    pbt = {
+        "type": "pbt", "max_t": 4, "perturbation_interval": 2, "population": 2, "quantile_fraction": 0.5,
+        "resample_probability": 0.0, "synch": True,
+        "mutations": {"lr": {"low": 1e-5, "high": 1e-2, "log": True}, "penalty_weight": {"low": 1.0, "high": 50.0}},
+    }
+    # one I3D pass of 2 clips x 9 frames per evaluation: no EMA generator to score too, no interval, no samples
+    lean_eval = {"every": 2, "n_real": 8, "n_fake": 2, "frames": 9, "batch_size": 4, "grid": 0,
+                 "generator": "raw", "bootstrap": 0}
+    lean_train = {"batch_size": 4, "n_critic": 2, "ema": False}
+    spec = parse_spec(_spec(workdir, name="pbt", scheduler=pbt, eval=lean_eval, train=lean_train))
+    outcome = run_sweep(spec, name="pbt", verbose=0)
+    assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
+
+    runs = {r.data.tags[tracking.TAG_TRIAL]: r for r in _nested(workdir, outcome.parent_run_id)}
+    assert len(runs) == 2
+    clones = [r for r in runs.values() if tracking.TAG_CLONED_FROM in r.data.tags]
+    assert clones, "no trial was cloned"
+    client = _client(workdir)
+    for clone in clones:
+        donor = clone.data.tags[tracking.TAG_CLONED_FROM]
+        me = clone.data.tags[tracking.TAG_TRIAL]
+        assert donor in runs and donor != me  # the checkpoint it restored was written by the other trial
+        at = int(clone.data.tags[tracking.TAG_CLONED_AT])
+        assert at == 2  # the donor's checkpoint at the first interval
+        # Ray's own record of the exploit: Tune's policy file for this trial names the donor and the new config
+        policies = list((workdir / "results" / "pbt").glob(f"pbt_policy_{me}.txt"))
+        assert policies, sorted(p.name for p in (workdir / "results" / "pbt").iterdir())
+        policy = json.loads(policies[0].read_text().splitlines()[0])
+        old_config, new_config = policy[4], policy[5]
+        assert new_config["lr"] != old_config["lr"] and new_config["penalty_weight"] != old_config["penalty_weight"]
+        assert new_config["lr"] in (pytest.approx(old_config["lr"] * 1.2), pytest.approx(old_config["lr"] * 0.8))
+        # the trainer ran on with the new config, not the hyperparameters stored in the donor's checkpoint
+        lr = {m.step: m.value for m in client.get_metric_history(clone.info.run_id, "hp_lr")}
+        weight = {m.step: m.value for m in client.get_metric_history(clone.info.run_id, "hp_penalty_weight")}
+        assert lr[4] == pytest.approx(new_config["lr"]) and weight[4] == pytest.approx(new_config["penalty_weight"])
+        donor_lr = {m.step: m.value for m in client.get_metric_history(runs[donor].info.run_id, "hp_lr")}
+        assert donor_lr[2] == pytest.approx(old_config["lr"]) and lr[4] != pytest.approx(donor_lr[2])
+
+
+def test_every_node_is_asked_for_its_python(workdir: Path) -> None:
+    from tune_jobs import runtime
+
+    nodes = runtime.check_cluster_python()  # a zero-CPU task on each live node of the real cluster
+    assert nodes and all(tuple(v[:2]) == sys.version_info[:2] for v in nodes.values())
+    with pytest.raises(runtime.ClusterMismatch) as caught:
+        runtime.check_cluster_python(driver=(3, 99, 0))  # as a driver of another Python minor would see it
+    message = str(caught.value)
+    assert "\n" not in message and "Python 3.99.0" in message
+    assert "Python {}.{}".format(*sys.version_info[:2]) in message
 
 
 class _RecordingASHA:
@@ -334,57 +402,3 @@ def test_asha_decides_on_the_smoothed_score_and_the_table_aggregates_seeds(workd
     path = Path(client.download_artifacts(outcome.parent_run_id, "comparison.csv", str(workdir / "smooth-dl")))
     table = list(csv.DictReader(path.open()))
     assert table[0]["n_seeds"] == "2" and {"fvd_mean", "fvd_ci95", "vs_best"} <= set(table[0])
-
-
-def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the_donor(workdir: Path) -> None:
-    # Two trials, synchronous PBT every 2 iterations: at each interval the worse trial takes the better one's
-    # checkpoint and a perturbed copy of its config (x1.2 or x0.8: resampling off).
-    pbt = {
-        "type": "pbt", "max_t": 4, "perturbation_interval": 2, "population": 2, "quantile_fraction": 0.5,
-        "resample_probability": 0.0, "synch": True,
-        "mutations": {"lr": {"low": 1e-5, "high": 1e-2, "log": True}, "penalty_weight": {"low": 1.0, "high": 50.0}},
-    }
-    # one I3D pass of 2 clips x 9 frames per evaluation: no EMA generator to score too, no interval, no samples
-    lean_eval = {"every": 2, "n_real": 8, "n_fake": 2, "frames": 9, "batch_size": 4, "grid": 0,
-                 "generator": "raw", "bootstrap": 0}
-    lean_train = {"batch_size": 4, "n_critic": 2, "ema": False}
-    spec = parse_spec(_spec(workdir, name="pbt", scheduler=pbt, eval=lean_eval, train=lean_train))
-    outcome = run_sweep(spec, name="pbt", verbose=0)
-    assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
-
-    runs = {r.data.tags[tracking.TAG_TRIAL]: r for r in _nested(workdir, outcome.parent_run_id)}
-    assert len(runs) == 2
-    clones = [r for r in runs.values() if tracking.TAG_CLONED_FROM in r.data.tags]
-    assert clones, "no trial was cloned"
-    client = _client(workdir)
-    for clone in clones:
-        donor = clone.data.tags[tracking.TAG_CLONED_FROM]
-        me = clone.data.tags[tracking.TAG_TRIAL]
-        assert donor in runs and donor != me  # the checkpoint it restored was written by the other trial
-        at = int(clone.data.tags[tracking.TAG_CLONED_AT])
-        assert at == 2  # the donor's checkpoint at the first interval
-        # Ray's own record of the exploit: Tune's policy file for this trial names the donor and the new config
-        policies = list((workdir / "results" / "pbt").glob(f"pbt_policy_{me}.txt"))
-        assert policies, sorted(p.name for p in (workdir / "results" / "pbt").iterdir())
-        policy = json.loads(policies[0].read_text().splitlines()[0])
-        old_config, new_config = policy[4], policy[5]
-        assert new_config["lr"] != old_config["lr"] and new_config["penalty_weight"] != old_config["penalty_weight"]
-        assert new_config["lr"] in (pytest.approx(old_config["lr"] * 1.2), pytest.approx(old_config["lr"] * 0.8))
-        # the trainer ran on with the new config, not the hyperparameters stored in the donor's checkpoint
-        lr = {m.step: m.value for m in client.get_metric_history(clone.info.run_id, "hp_lr")}
-        weight = {m.step: m.value for m in client.get_metric_history(clone.info.run_id, "hp_penalty_weight")}
-        assert lr[4] == pytest.approx(new_config["lr"]) and weight[4] == pytest.approx(new_config["penalty_weight"])
-        donor_lr = {m.step: m.value for m in client.get_metric_history(runs[donor].info.run_id, "hp_lr")}
-        assert donor_lr[2] == pytest.approx(old_config["lr"]) and lr[4] != pytest.approx(donor_lr[2])
-
-
-def test_every_node_is_asked_for_its_python(workdir: Path) -> None:
-    from tune_jobs import runtime
-
-    nodes = runtime.check_cluster_python()  # a zero-CPU task on each live node of the real cluster
-    assert nodes and all(tuple(v[:2]) == sys.version_info[:2] for v in nodes.values())
-    with pytest.raises(runtime.ClusterMismatch) as caught:
-        runtime.check_cluster_python(driver=(3, 99, 0))  # as a driver of another Python minor would see it
-    message = str(caught.value)
-    assert "\n" not in message and "Python 3.99.0" in message
-    assert "Python {}.{}".format(*sys.version_info[:2]) in message
