@@ -17,8 +17,10 @@ P(rank 1) = the probability that the comparison table (tune_jobs.report.aggregat
 ``fvd``) ranks it first or tied first (with one seed every variant ties); P(top mean) = that it has the
 lowest mean. The best variant's place in the spec's order is drawn at random for each sweep.
 
-    .venv/bin/python benchmarks/asha_noise.py                      # the demo's layout, the table of settings
-    .venv/bin/python benchmarks/asha_noise.py --variants 3 --seeds 2 --every 2 --grace 10 --max-t 30 --rf 3
+    .venv/bin/python benchmarks/asha_noise.py                      # the demo's layout (demo.yaml), 1-3 seeds
+    .venv/bin/python benchmarks/asha_noise.py --seeds 2 --reps 2000 --seed 1          # the README's demo line
+    .venv/bin/python benchmarks/asha_noise.py --variants 6 --seeds 3 --every 1 --grace 8 --max-t 64 --rf 2 \
+        --concurrency 12                                           # paper.yaml's layout, in thousands of iterations
 """
 
 from __future__ import annotations
@@ -129,10 +131,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", type=int, default=3)
     p.add_argument("--seeds", type=int, default=0, help="seeds per variant (0: print 1, 2 and 3)")
-    p.add_argument("--every", type=int, default=2, help="iterations between evaluations")
+    p.add_argument("--every", type=int, default=5, help="iterations between evaluations")
     p.add_argument("--grace", type=int, default=10, help="ASHA grace period (first rung)")
-    p.add_argument("--max-t", type=int, default=30)
-    p.add_argument("--rf", type=float, default=3.0, help="ASHA reduction factor")
+    p.add_argument("--max-t", type=int, default=15)
+    p.add_argument("--rf", type=float, default=2.0, help="ASHA reduction factor")
     p.add_argument("--noise", type=float, default=110.0, help="SD of one evaluation's FVD about the true curve")
     p.add_argument("--gap", type=float, default=50.0, help="true FVD gap between consecutive variants")
     p.add_argument("--seed-sd", type=float, default=40.0, help="SD of a seed's offset from its variant's curve")
@@ -143,7 +145,7 @@ def main() -> None:
                    help="launch order: variant-major (what a vidgan sweep grid does: the seeds of a variant in a row)")
     p.add_argument("--reps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rules", default="none,best_so_far:0,mean_last:2,mean_last:3,mean_last:5")
+    p.add_argument("--rules", default="none,best_so_far,mean_last:3,mean_last:5")
     args = p.parse_args()
 
     print(f"{args.variants} variants, gap {args.gap:g}, evaluation noise SD {args.noise:g} (AR1 rho {args.rho:g}), "
