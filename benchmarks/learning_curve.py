@@ -25,7 +25,9 @@ import torch
 
 def frame_profile(clips: np.ndarray) -> dict[str, float]:
     """Artefact indicators of uint8 clips [N, T, H, W, 3]: the first frame's brightness and sharpness relative to
-    the other frames' (1 = alike), and the high-frequency energy of the 2-pixel border relative to the interior."""
+    the other frames' (1 = alike), the high-frequency energy of the 2-pixel border relative to the interior, and
+    the pixels' SD across frames (flicker) and across clips (how much the clips differ: a generator that
+    ignores its latent has little)."""
     x = clips.astype(np.float64).mean(-1)  # [N, T, H, W] grey
     lap = np.abs(4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2] - x[..., 1:-1, 2:])
     bright, sharp = x.mean((0, 2, 3)), lap.mean((0, 2, 3))
@@ -36,6 +38,8 @@ def frame_profile(clips: np.ndarray) -> dict[str, float]:
         "first_frame_brightness": float(bright[0] / bright[1:].mean()),
         "first_frame_sharpness": float(sharp[0] / sharp[1:].mean()),
         "border_vs_interior_hf": float(hf[..., border].mean() / hf[..., ~border].mean()),
+        "sd_across_frames": float(clips.astype(np.float64).std(1).mean()),
+        "sd_across_clips": float(clips.astype(np.float64).std(0).mean()),
     }
 
 
@@ -60,6 +64,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="learning_curve.png", help="figure (PNG); a .json of the numbers beside it")
     p.add_argument("--samples", default=None, help="folder for the final sample GIFs/PNGs (default: none)")
+    p.add_argument("--checkpoint", default=None, help="save the trainer here at the end (default: not saved)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -135,6 +140,8 @@ def main() -> None:
     for name, prof in profiles.items():
         print(f"{name:>5} clips: " + ", ".join(f"{k} {v:.2f}" for k, v in prof.items()))
     write_outputs(args, rows, profiles, trainer, z, real_np)
+    if args.checkpoint:
+        print(f"checkpoint {trainer.save(args.checkpoint)}")
 
 
 def write_outputs(args: argparse.Namespace, rows: list[dict], profiles: dict, trainer, z, real_np) -> None:  # noqa: ANN001
