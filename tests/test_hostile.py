@@ -233,6 +233,46 @@ def test_flipped_byte_caught_before_training(made: tuple[Path, Path], data: Path
     assert "Corrupt" not in refused(b, big / "shard-00002.parquet", "sha256")
 
 
+def test_shards_hashed_once_per_version_not_per_reader(data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard is hashed once per node (a stamp in the cache) and not at all in a process the driver vouched
+    for; any rewrite of it, even one that restores its size and mtime, is hashed again and caught."""
+    from vidgan import shards
+
+    monkeypatch.setenv("VIDGAN_CACHE", str(tmp_path / "cache"))
+    hashed: list[str] = []
+    real_hash = shards._sha256_fs
+    monkeypatch.setattr(shards, "_sha256_fs", lambda fs, p: hashed.append(Path(p).name) or real_hash(fs, p))
+
+    def new_process() -> None:  # a process starts with no stamps of its own
+        monkeypatch.setattr(shards, "_VERIFIED", set())
+
+    new_process()
+    shards.verified(str(data))
+    assert sorted(hashed) == [f"shard-0000{i}.parquet" for i in range(3)]
+    driver = shards.verified_stamps()
+    new_process()
+    shards.verified(str(data))  # another trial on this node: the node's stamps
+    assert len(hashed) == 3
+    monkeypatch.setenv("VIDGAN_CACHE", str(tmp_path / "other-node"))
+    new_process()
+    shards.trust(driver)  # a trial on another node, handed the driver's stamps
+    shards.verified(str(data))
+    assert len(hashed) == 3
+
+    shard = data / "shard-00001.parquet"
+    st = shard.stat()
+    flip(shard, st.st_size // 2)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only the ctime tells
+    for fresh in (False, True):
+        if fresh:
+            new_process()
+            shards.trust(driver)
+        with pytest.raises(shards.ShardError, match="shard-00001.parquet.*sha256"):
+            shards.verified(str(data))
+    assert hashed[3:] == ["shard-00001.parquet"] * 2
+
+
 def test_manifest_checksums_and_names_are_enforced(data: Path, tmp_path: Path) -> None:
     from vidgan.shards import ShardError, verified
 

@@ -74,7 +74,7 @@ def prepare_datasets(spec: SweepSpec, build_samples: bool = True) -> dict[str, i
                 ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
             except (IngestError, OSError) as exc:  # no sample videos installed, an unwritable path, ...
                 raise SpecError(f"dataset {ds.name!r}: {exc}") from None
-            shard_set = shards.describe(ds.path)
+            shard_set = shards.verified(ds.path)  # hashed here once, not in every trial
         except shards.ManifestError as exc:
             raise SpecError(f"dataset {ds.name!r}: {exc}") from None
         total, frames, size = shard_set.clips, shard_set.frames, shard_set.height
@@ -388,7 +388,7 @@ def run_sweep(
         _write_state(exp_path, state)
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                       auth_env=tracking.auth_env())
+                       auth_env=tracking.auth_env(), verified_shards=shards.verified_stamps())
     for line in tracking.open_lines(uri, experiment_id, parent):
         log.info(line)
 

@@ -436,6 +436,8 @@ class SweepContext:
     parent_run_id: str
     # the MLflow credentials the trials need (:func:`auth_env`); left out of repr so they are never printed
     auth_env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # the driver's stamps of the shards it verified (vidgan.shards.trust): trials do not hash them again
+    verified_shards: tuple[str, ...] = field(default=(), repr=False)
 
 
 class TrialLogger:

