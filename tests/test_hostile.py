@@ -310,6 +310,25 @@ def test_sweep_refuses_a_damaged_dataset_before_any_trial(data: Path) -> None:
         prepare_datasets(spec)
 
 
+def test_sweep_to_an_address_nobody_answers_is_one_line(data: Path, tmp_path: Path) -> None:
+    """ray.init retries such an address for minutes; the sweep says so in one line within seconds."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps({
+        "name": "s", "datasets": [{"name": "d", "path": str(data)}], "variants": ["gp"],
+        "model": {"frames": 16, "size": 32}, "train": {"batch_size": 2}, "storage_path": str(tmp_path / "runs"),
+        "eval": {"every": 1, "n_real": 2, "n_fake": 2, "frames": 9}, "scheduler": {"max_t": 2},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
+    t = time.perf_counter()
+    (r,) = cli_many(["sweep", spec, "--address", f"127.0.0.1:{port}"])
+    refused(r, f"no Ray cluster answers at 127.0.0.1:{port}")
+    assert time.perf_counter() - t < 120
+
+
 def test_fvd_verifies_real_and_fake_shards_and_checkpoints(data: Path, tmp_path: Path) -> None:
     """Refused before any I3D work: the real features are never computed from a damaged shard."""
     bad = shutil.copytree(data, tmp_path / "bad")

@@ -48,10 +48,6 @@ def setup_logging(verbose: int) -> None:
         logger.propagate = False
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _run(spec: str | Path, args: argparse.Namespace) -> int:
     missing = missing_sweep_packages()
     if missing:
@@ -62,13 +58,13 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
     from tune_jobs import plan
     from tune_jobs.spec import SpecError
     from tune_jobs.tracking import TrackingUnavailable
+    from vidgan.errors import fail
 
     start = time.perf_counter()
     try:
         checked, lines = plan.check(spec, address=args.address)
     except (SpecError, TrackingUnavailable) as exc:
-        print(f"vidgan sweep: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return fail("sweep", exc)
     if args.check:
         print("\n".join(lines))
         print("spec, datasets and MLflow OK; nothing started (drop --check to run it)")
@@ -79,9 +75,12 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
         from tune_jobs.sweep import run_sweep
 
         outcome = run_sweep(checked, address=args.address, name=args.name, resume=args.resume, verbose=args.verbose)
-    except (SpecError, TrackingUnavailable) as exc:
-        print(f"vidgan sweep: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    except (SpecError, TrackingUnavailable, OSError) as exc:  # OSError: a full disk, an unwritable storage path
+        return fail("sweep", exc)
+    except KeyboardInterrupt:  # before or after Tune, which handles Ctrl-C itself while trials run
+        print("vidgan sweep: interrupted: finished trials and checkpoints are kept; `vidgan sweep SPEC --resume` "
+              "continues the latest sweep of SPEC (--name NAME another one)", file=sys.stderr)
+        return 130
     wall = time.perf_counter() - start
     from tune_jobs.report import TRIAL_ENDS
 

@@ -98,7 +98,8 @@ def _tracking(spec: SweepSpec) -> str:
 
 
 def check(spec_or_path: SweepSpec | str | os.PathLike, address: str | None = None) -> tuple[SweepSpec, list[str]]:
-    """Validate everything a sweep needs short of Ray; return the spec and the plan's lines."""
+    """Validate everything a sweep needs short of starting Ray (an ``address`` must answer); return the spec
+    and the plan's lines."""
     from tune_jobs import explore
     from tune_jobs.sweep import prepare_datasets
 
@@ -107,6 +108,13 @@ def check(spec_or_path: SweepSpec | str | os.PathLike, address: str | None = Non
         raise SpecError("a search sweep takes one dataset and one seed")
     uri = _tracking(spec)
     clips = prepare_datasets(spec, build_samples=False)
+    if address is not None:
+        from tune_jobs.runtime import ClusterMismatch, check_reachable
+
+        try:
+            check_reachable(address)
+        except ClusterMismatch as exc:
+            raise SpecError(str(exc)) from None
     n, how = trial_count(spec)
     ev = spec.eval
     lines = [

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class ClusterMismatch(RuntimeError):
-    """The Ray cluster cannot run this driver's sweep (e.g. another Python minor); one line."""
+    """The Ray cluster cannot run this driver's sweep (nothing answers at its address, another Python minor,
+    another Ray); one line."""
 
 
 def _python_version() -> tuple[int, int, int]:
@@ -50,12 +52,29 @@ def mismatch_message(driver: tuple[int, ...], nodes: dict[str, tuple[int, ...]])
     )
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`ClusterMismatch` when nothing listens at a ``host:port`` (or ``ray://host:port``)
+    address: ``ray.init`` itself retries such an address for minutes. ``auto`` and other forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterMismatch(
+            f"no Ray cluster answers at {address} ({reason}): start one (`ray start --head`, or `ray up "
+            "cluster.yaml`) or pass its head's address; on a node of the cluster, --address auto finds it"
+        ) from None
+
+
 def connect(address: str | None, **kwargs: Any) -> None:
-    """``ray.init``; with an ``address``, Python minors are compared (not patch levels) and a mismatch
-    that Ray detects on connect becomes a :class:`ClusterMismatch`."""
+    """``ray.init``; with an ``address``, it is checked to answer first (:func:`check_reachable`), Python
+    minors are compared (not patch levels) and a mismatch Ray detects on connect becomes a :class:`ClusterMismatch`."""
     import ray
 
     if address is not None:
+        check_reachable(address)
         os.environ.setdefault("RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL", "minor")
     try:
         ray.init(address=address, **kwargs)
