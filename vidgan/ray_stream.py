@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -129,14 +131,18 @@ def _ray_chunks(shard_set: ShardSet, shuffle: bool, seed: int | None, prefetch_e
         it = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
         return next(it, None), it
 
+    before = {t.ident for t in threading.enumerate()}
     pool = ThreadPoolExecutor(1, thread_name_prefix="vidgan-next-epoch")
     opener: Callable[[int], Any] = (
         (lambda e: pool.submit(open_execution, e)) if prefetch_epochs else open_execution
     )
+    it: Iterator[Any] | None = None
+    pending: Any = None
     try:
         pending = opener(0)
         execution = 0
         while True:
+            _close(it)  # the execution just streamed: stop its executor now, not when it is collected
             first, it = pending.result() if prefetch_epochs else pending
             execution += 1
             pending = None
@@ -155,6 +161,27 @@ def _ray_chunks(shard_set: ShardSet, shuffle: bool, seed: int | None, prefetch_e
     finally:
         # wait for an execution being opened: a thread still inside Ray after ray.shutdown() aborts the process
         pool.shutdown(wait=True, cancel_futures=True)
+        # and stop the executors of the open executions (their threads would touch Ray after ray.shutdown())
+        _close(it)
+        if pending is not None and (not prefetch_epochs or (pending.done() and not pending.cancelled()
+                                                            and pending.exception() is None)):
+            _close((pending.result() if prefetch_epochs else pending)[1])
+        # Ray Data's iterator threads notice the close within ~0.1 s; one still inside Ray when the caller
+        # runs ray.shutdown() ends the process ("core worker has already been shutdown", exit 1: seen here)
+        deadline = time.monotonic() + 2.0
+        for t in threading.enumerate():
+            if t.ident not in before and t.name == RAY_DATA_ITER_THREAD:
+                t.join(max(0.0, deadline - time.monotonic()))
+
+
+#: the name of Ray Data's batch-iterator worker threads (ray.data._internal.block_batching.util.iter_threaded)
+RAY_DATA_ITER_THREAD = "iter_threaded"
+
+
+def _close(it: Any) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
 
 
 def ray_clip_batches(
