@@ -1,7 +1,8 @@
-"""Keep the head's MLflow databases (runs, and the basic-auth users) on S3 as well as on its disk.
+"""Keep the head's databases (MLflow's runs and basic-auth users, Optuna's studies) on S3 as well as on its disk.
 
 The tracking server keeps runs, params and metrics in SQLite on the head's root disk, which
-`ray down` deletes. cluster.yaml runs, on the head:
+`ray down` deletes; search sweeps keep their Optuna study beside it (``optuna.db``, so a resumed or
+repeated search warm-starts from it). cluster.yaml runs, on the head:
 
     python ~/vidgan/cluster/mlflow_db.py restore      # at head start, before `mlflow server`
     python ~/vidgan/cluster/mlflow_db.py loop         # in the background: a backup every 15 min
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DATABASES = ("mlflow.db", "basic_auth.db")
+DATABASES = ("mlflow.db", "basic_auth.db", "optuna.db")
 DEFAULT_DIR = Path("~/mlflow").expanduser()
 ENV_URI = "VIDGAN_MLFLOW_BACKUP"
 

@@ -408,10 +408,16 @@ def test_mlflow_db_backup_restore_round_trip(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(MLFLOW_DB), *args], capture_output=True, text=True, timeout=60)
 
+    with sqlite3.connect(head / "optuna.db") as db:  # a search sweep's study, beside MLflow's runs
+        db.execute("create table studies (study_name text)")
+        db.execute("insert into studies values ('search-1')")
+
     assert run("backup", "--dir", str(head), "--uri", str(backup)).returncode == 0
     assert run("restore", "--dir", str(new_head), "--uri", str(backup)).returncode == 0
     with sqlite3.connect(new_head / "mlflow.db") as db:
         assert db.execute("select name from runs").fetchall() == [("sweep-parent",)]
+    with sqlite3.connect(new_head / "optuna.db") as db:
+        assert db.execute("select study_name from studies").fetchall() == [("search-1",)]
     # a head that has its database keeps it; the placeholder bucket is refused
     with sqlite3.connect(new_head / "mlflow.db") as db:
         db.execute("insert into runs values ('newer')")
