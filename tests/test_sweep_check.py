@@ -136,3 +136,27 @@ def test_python_mismatch_is_one_line() -> None:
     assert message and "\n" not in message
     assert "Python 3.12.1" in message and "3.11.9 on 10.0.0.1 (abc)" in message and "10.0.0.2" not in message
     assert "py311" in message
+
+
+def test_an_address_nobody_answers_is_refused_at_once() -> None:
+    """ray.init retries such an address for minutes; host:port, ray://host:port and [v6]:port are tried
+    with one connect, anything else (auto, local) is left to Ray."""
+    import socket
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            server = socket.socket(family)
+            server.bind((host, 0))
+        except OSError:  # no IPv6 on this machine
+            continue
+        server.listen()
+        port = server.getsockname()[1]
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for a in (address, f"ray://{address}"):
+            runtime.check_reachable(a)  # something listens: no error
+        server.close()
+        for a in (address, f"ray://{address}"):
+            with pytest.raises(runtime.ClusterMismatch, match=f"no Ray cluster answers at {a}"):
+                runtime.check_reachable(a)
+    runtime.check_reachable("auto")
+    runtime.check_reachable("local")

@@ -59,7 +59,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     if not sep or not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()  # [::1]:6379 too
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ClusterMismatch(
