@@ -142,7 +142,6 @@ def _ray_chunks(shard_set: ShardSet, shuffle: bool, seed: int | None, prefetch_e
         pending = opener(0)
         execution = 0
         while True:
-            _close(it)  # the execution just streamed: stop its executor now, not when it is collected
             first, it = pending.result() if prefetch_epochs else pending
             execution += 1
             pending = None
@@ -162,10 +161,10 @@ def _ray_chunks(shard_set: ShardSet, shuffle: bool, seed: int | None, prefetch_e
         # wait for an execution being opened: a thread still inside Ray after ray.shutdown() aborts the process
         pool.shutdown(wait=True, cancel_futures=True)
         # and stop the executors of the open executions (their threads would touch Ray after ray.shutdown())
+        if prefetch_epochs and pending is not None:  # done now: cancelled, failed or opened
+            pending = None if pending.cancelled() or pending.exception() else pending.result()
         _close(it)
-        if pending is not None and (not prefetch_epochs or (pending.done() and not pending.cancelled()
-                                                            and pending.exception() is None)):
-            _close((pending.result() if prefetch_epochs else pending)[1])
+        _close(pending and pending[1])
         # Ray Data's iterator threads notice the close within ~0.1 s; one still inside Ray when the caller
         # runs ray.shutdown() ends the process ("core worker has already been shutdown", exit 1: seen here)
         deadline = time.monotonic() + 2.0
