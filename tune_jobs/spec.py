@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vidgan.config import ModelConfig, TrainConfig
+from vidgan.ingest.config import SyntheticSpec
 from vidgan.variants import PRESETS, Variant, get_variant
 
 SEARCHABLE = ("lr", "beta1", "beta2", "penalty_weight", "n_critic", "drift_weight")
@@ -41,8 +42,16 @@ class DatasetSpec(_Spec):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: str
-    sample: bool = False  # build it from the built-in sample videos when missing (the demo)
+    sample: bool = False  # build it from the built-in sample videos when missing
     sample_stride: int = Field(4, ge=1)  # frames between clip starts when building the sample
+    # make it when missing: a synthetic dataset (`vidgan ingest --synthetic`), e.g. {kind: squares, clips: 2048}
+    synthetic: SyntheticSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_builder(self) -> DatasetSpec:
+        if self.sample and self.synthetic:
+            raise ValueError(f"dataset {self.name!r}: sample and synthetic both say how to build it; keep one")
+        return self
 
 
 class SmoothingSpec(_Spec):

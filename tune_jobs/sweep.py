@@ -60,18 +60,24 @@ def prepare_datasets(spec: SweepSpec, build_samples: bool = True) -> dict[str, i
         try:
             shard_set = shards.verified(ds.path)  # every shard's size and sha256, before any trial reads it
         except FileNotFoundError:
-            if not ds.sample:
+            if not (ds.sample or ds.synthetic):
                 raise SpecError(
                     f"dataset {ds.name!r}: no shard directory at {ds.path} (run `vidgan ingest ... --out {ds.path}`)"
                 ) from None
             if not build_samples:
                 clips[ds.name] = 0
                 continue
-            from vidgan.ingest import IngestError, ingest_sample
+            from vidgan.ingest import IngestConfig, IngestError, ingest, ingest_sample
 
-            log.info("ingesting the sample videos into %s ...", ds.path)
             try:
-                ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
+                if ds.synthetic:
+                    log.info("making %d synthetic %s clips in %s ...", ds.synthetic.clips, ds.synthetic.kind, ds.path)
+                    cfg = IngestConfig(frames=spec.model.frames, size=spec.model.size, synthetic=ds.synthetic,
+                                       parallel="local")
+                    ingest([], ds.path, cfg)
+                else:
+                    log.info("ingesting the sample videos into %s ...", ds.path)
+                    ingest_sample(ds.path, frames=spec.model.frames, size=spec.model.size, stride=ds.sample_stride)
             except (IngestError, OSError) as exc:  # no sample videos installed, an unwritable path, ...
                 raise SpecError(f"dataset {ds.name!r}: {exc}") from None
             shard_set = shards.verified(ds.path)  # hashed here once, not in every trial

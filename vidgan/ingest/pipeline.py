@@ -23,7 +23,7 @@ from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION, check_shard_name
 
 from .config import IngestConfig
 from .decode import Decoded, decode_source
-from .sources import SourceFile, discover
+from .sources import SourceFile, discover, synthetic_sources
 from .writer import ShardWriter, clean_partial, new_manifest, write_manifest
 
 log = logging.getLogger("vidgan.ingest")
@@ -200,17 +200,19 @@ def _decode_ray(todo: list[SourceFile], cfg: IngestConfig) -> Iterator[Decoded]:
 
 
 def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | None = None) -> dict[str, Any]:
-    """Ingest ``sources`` into the shard directory ``out`` and return the manifest.
+    """Ingest ``sources`` (and the config's ``synthetic`` dataset, if any) into the shard directory ``out`` and
+    return the manifest.
 
     Resumes: sources the manifest already lists are not decoded again. Raises :class:`IngestError`
     when ``out`` is not writable, holds clips of another shape, or no clip exists after the run.
     """
     cfg = config or IngestConfig()
     out = Path(out)
-    if not sources:
+    made = synthetic_sources(cfg.synthetic) if cfg.synthetic else []
+    if not sources and not made:
         raise IngestError("no sources given")
     _prepare_out(out)
-    roots = [os.path.abspath(s) for s in sources]
+    roots = [os.path.abspath(s) for s in sources] + sorted({s.path.split("/chunk=")[0] for s in made})
     manifest = _load_manifest(out, cfg, roots)
     adopted = _settle(out, manifest)
     if adopted:
@@ -221,7 +223,7 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     writer = ShardWriter(out, cfg, manifest)
     done = set(manifest["sources"])
     todo: list[SourceFile] = []
-    for x in discover(sources):
+    for x in [*made, *discover(sources)]:
         if x.key in done:
             continue
         if isinstance(x, SourceFile):
@@ -251,5 +253,5 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     if manifest["totals"]["clips"] == 0 and not manifest["shards"]:
         reasons = sorted({s.get("reason", "?") for s in manifest["sources"].values()})
         detail = "; ".join(reasons[:5]) if reasons else "no sources found"
-        raise IngestError(f"no usable clips in {', '.join(sources)}: {detail}")
+        raise IngestError(f"no usable clips in {', '.join(roots)}: {detail}")
     return manifest

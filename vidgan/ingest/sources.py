@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import SyntheticSpec
+
 VIDEO_EXTS = frozenset(
     {".mp4", ".m4v", ".avi", ".webm", ".mov", ".mkv", ".gif", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp"}
 )
@@ -30,7 +32,7 @@ class SourceFile:
 
     path: str
     key: str
-    kind: str  # "video" or "tinyvideo"
+    kind: str  # "video", "tinyvideo" or "squares" (synthetic: made, not read)
     label: str | None
 
 
@@ -155,3 +157,29 @@ def discover(sources: list[str]) -> list[SourceFile | Skip]:
             x = SourceFile(x.path, key, x.kind, x.label) if isinstance(x, SourceFile) else Skip(key, x.reason)
         out.append(x)
     return out
+
+
+
+#: clips per synthetic source: each chunk is one entry of the manifest, so an interrupted ingest resumes by chunk
+SYNTHETIC_CHUNK = 256
+
+
+def synthetic_sources(spec: SyntheticSpec, chunk: int = SYNTHETIC_CHUNK) -> list[SourceFile]:
+    """The clips of a synthetic dataset as sources of ``chunk`` clips each.
+
+    Chunk ``i`` holds :func:`vidgan.synthetic.squares_clips` of seed ``spec.seed * 1_000_003 + i`` (batch ``i`` of
+    the ``spec.seed`` stream at a batch size of ``chunk``); its path says so and its key is unique per chunk, so
+    the same command resumes where it stopped.
+    """
+    out = []
+    for i, first in enumerate(range(0, spec.clips, chunk)):
+        n = min(chunk, spec.clips - first)
+        path = f"{spec.kind}://seed={spec.seed}/chunk={i}/clips={n}"
+        out.append(SourceFile(path, f"{spec.kind}/seed-{spec.seed}/{first:07d}+{n}", spec.kind, None))
+    return out
+
+
+def synthetic_params(src: SourceFile) -> dict[str, int]:
+    """(seed, chunk, clips) of a synthetic source's path, as made by :func:`synthetic_sources`."""
+    body = src.path.split("://", 1)[1]
+    return {k: int(v) for k, v in (part.split("=") for part in body.split("/"))}
