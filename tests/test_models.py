@@ -38,7 +38,7 @@ def test_original_initialisation_has_the_square_root() -> None:
 
 
 def test_critic_layer_norm_is_per_channel_and_size_independent() -> None:
-    cfg = ModelConfig(frames=16, size=32, width=4, z_dim=8)
+    cfg = ModelConfig(frames=16, size=32, width=4, z_dim=8, minibatch_std=0)  # MinibatchStd couples a group
     critic = Critic(cfg)
     norms = [m for m in critic.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert [n.weight.numel() for n in norms] == [4, 8, 16, 32]  # one scale per channel, not per element
@@ -63,3 +63,79 @@ def test_generator_batch_norm_has_shift_but_no_scale() -> None:
     # batch statistics in eval mode too, as the original sampled
     z = torch.randn(4, 8)
     assert torch.allclose(gen.train()(z), gen.eval()(z))
+
+
+def test_replicate_edges_give_every_output_the_same_number_of_taps() -> None:
+    """A constant input through a deconvolution of ones: with zero edges (padding 1, iVGAN's) the first and last
+    frame and the border pixels sum half the taps of the others along each axis; with replicated edges all alike."""
+    from vidgan.models import EdgeDeconv3d
+
+    x = torch.ones(1, 1, 4, 4, 4)
+    zero = torch.nn.ConvTranspose3d(1, 1, 4, 2, padding=1, bias=False)
+    edge = EdgeDeconv3d(1, 1)
+    for conv in (zero, edge):
+        torch.nn.init.ones_(conv.weight)
+        if conv.bias is not None:
+            torch.nn.init.zeros_(conv.bias)
+    with torch.no_grad():
+        y_zero, y_edge = zero(x)[0, 0], edge(x)[0, 0]
+    assert y_zero.shape == y_edge.shape == (8, 8, 8)
+    assert y_zero[1:-1, 1:-1, 1:-1].unique().tolist() == [8.0] and y_zero[0, 0, 0] == 1.0 and y_zero[0, 4, 4] == 4.0
+    assert y_edge.unique().tolist() == [8.0]
+    # same parameters either way, so a checkpoint loads into both
+    assert {k: v.shape for k, v in edge.state_dict().items()} == {
+        k: v.shape for k, v in torch.nn.ConvTranspose3d(1, 1, 4, 2, padding=1).state_dict().items()}
+
+
+def test_generator_edge_frames_start_like_the_others() -> None:
+    """At initialisation the first and last frames of a zero-edged generator have about a third of the spread of
+    the middle ones (the first frame 'darker and blurrier'); with replicated edges they match."""
+    torch.manual_seed(0)
+    z = torch.randn(32, 16)
+    spreads = {}
+    for edges in ("zero", "replicate"):
+        gen = Generator(ModelConfig(frames=16, size=32, width=8, z_dim=16, edges=edges))
+        with torch.no_grad():
+            x = torch.relu(gen.bn0(gen.fc(z).view(-1, gen.top, gen.t0, gen.s0, gen.s0)))
+            pre = gen.net[:-1](x)  # before tanh
+        sd = pre.std(dim=(0, 1, 3, 4))
+        spreads[edges] = (sd[[0, -1]].mean() / sd[4:12].mean()).item()
+    assert spreads["zero"] < 0.5 and spreads["replicate"] > 0.8
+
+
+def test_layer_norm_makes_the_critic_blind_to_scale() -> None:
+    """With layer norm and zero biases (as initialised) the critic scores a clip and the clip scaled by any a > 0
+    alike; without it the score scales with a (LeakyReLU and zero-bias convs are positively homogeneous)."""
+    cfg = ModelConfig(frames=16, size=32, width=4, z_dim=8)
+    x = torch.rand(3, 3, 16, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ln = Critic(cfg, layer_norm=True)
+        assert torch.allclose(ln(0.1 * x), ln(x), rtol=1e-3, atol=1e-7)
+        plain = Critic(cfg, layer_norm=False)
+        assert torch.allclose(plain(0.1 * x), 0.1 * plain(x), rtol=1e-4, atol=1e-9)
+
+
+def test_minibatch_std_sees_collapse_within_groups_only() -> None:
+    from vidgan.models import MinibatchStd
+
+    layer = MinibatchStd(4)
+    x = torch.randn(8, 5, 1, 2, 2)
+    x[4:] = x[4]  # the second group of four: one sample repeated (a collapsed generator)
+    y = layer(x)
+    assert y.shape == (8, 6, 1, 2, 2) and torch.equal(y[:, :5], x)
+    assert (y[:4, 5] > 0.5).all() and (y[4:, 5] < 1e-3).all()  # groups are consecutive samples, never mixed
+    cfg = ModelConfig(frames=16, size=32, width=4, z_dim=8, minibatch_std=4)
+    critic = Critic(cfg)
+    v = torch.rand(8, 3, 16, 32, 32)
+    assert torch.allclose(critic(v)[:4], critic(v[:4]), atol=1e-5)  # a group is scored alone, as the trainer's halves
+
+
+def test_trainer_never_mixes_reals_and_fakes_in_a_minibatch_std_group() -> None:
+    from vidgan.config import TrainConfig
+    from vidgan.trainer import Trainer
+    from vidgan.variants import get_variant
+
+    cfg = ModelConfig(frames=16, size=32, width=2, z_dim=8, minibatch_std=4)
+    assert Trainer(cfg, get_variant("gp"), TrainConfig(batch_size=8)).joint_scoring
+    assert not Trainer(cfg, get_variant("gp"), TrainConfig(batch_size=6)).joint_scoring  # groups would straddle

@@ -66,6 +66,12 @@ def test_paper_spec_is_the_paper_experiment() -> None:
     assert {d.name for d in spec.datasets} == {"golf", "beach"}
     assert (spec.model.frames, spec.model.size, spec.train.batch_size) == (32, 64, 64)
     assert 0 < spec.resources.gpu <= 1
+    # the paper's networks, not vidgan's defaults: zero-padded deconvolutions, no minibatch deviation, and a
+    # layer norm in every critic but SN-GP's
+    assert (spec.model.edges, spec.model.minibatch_std) == ("zero", 0)
+    assert (spec.train.lr, spec.train.betas, spec.train.n_critic) == (1e-4, (0.5, 0.999), 5)
+    assert {v: spec.variant(v).layer_norm for v in spec.variants} == {
+        "gp": True, "sn_gp": False, "sn": True, "zero_gp": True, "one_sided": True, "drift": True}
 
 
 @pytest.mark.parametrize(

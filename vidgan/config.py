@@ -27,6 +27,17 @@ class ModelConfig(_Config):
     size: Literal[32, 64, 128] = 64
     width: int = Field(64, ge=1, le=1024)
     z_dim: int = Field(100, ge=1, le=4096)
+    # how the generator's transposed convolutions treat the clip's edges (vidgan.models.EdgeDeconv3d): "replicate"
+    # gives the first and last frame (and the border pixels) as many kernel taps as the others; "zero" is iVGAN's
+    # and the paper's padding 1, under which they start with a third of the others' spread
+    edges: Literal["replicate", "zero", "resize"] = "replicate"
+    # the generator's last activation: "tanh" (iVGAN) squashes into [-1, 1] and, once pushed far past a value the
+    # data holds (a black background), passes almost no gradient back; "linear" leaves the range to the critic
+    # (as StyleGAN does; clips are clamped when turned into pixels)
+    output: Literal["tanh", "linear"] = "tanh"
+    # the critic's minibatch standard deviation feature (vidgan.models.MinibatchStd) over groups of this many clips,
+    # which lets it see a generator that makes one clip for every latent; 0: none (iVGAN and the paper)
+    minibatch_std: int = Field(4, ge=0, le=64)
 
 
 class TrainConfig(_Config):

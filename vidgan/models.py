@@ -63,8 +63,52 @@ class BatchNormShift(nn.Module):
         return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+class EdgeDeconv3d(nn.ConvTranspose3d):
+    """ConvTranspose3d k4 s2 whose outputs at the clip's edges (first and last frame, border rows and columns)
+    sum as many kernel taps as the interior ones.
+
+    With padding 1 (TF "SAME"; iVGAN and the paper), output ``o`` sums the inputs ``i`` with ``o = 2i - 1 + k``: two
+    taps per axis inside, one at each edge, so an edge output gets half the terms of an inner one along each axis
+    and, through four layers, starts with a third of their spread (the first and last frame darker and blurrier,
+    as seen on the GPU). Here the input is first padded by one replicated element on every side, transposed with
+    no padding, and the result cropped to ``2n``: every output sums exactly two taps per axis. Same weights and
+    parameter names as ``nn.ConvTranspose3d(c_in, c_out, 4, 2, padding=1)``.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, KERNEL, STRIDE, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = super().forward(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"))
+        t, h, w = (2 * n for n in x.shape[2:])
+        return y[:, :, 3 : 3 + t, 3 : 3 + h, 3 : 3 + w]
+
+
+class ResizeConv3d(nn.Module):
+    """Doubles T, H and W by nearest-neighbour upsampling, then a 3x3x3 convolution over replicated edges
+    (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): every output sums the same 27 taps, so there
+    is neither an edge effect nor the even/odd pattern of a stride-2 transposed convolution."""
+
+    def __init__(self, c_in: int, c_out: int, scale: tuple[int, int, int] = (2, 2, 2)) -> None:
+        super().__init__()
+        self.scale = scale
+        self.conv = nn.Conv3d(c_in, c_out, 3, 1, padding=1, padding_mode="replicate")
+        k3 = 27
+        bound = math.sqrt(3.0) * math.sqrt(2.0 / (c_in * k3 + c_out * k3))  # Glorot uniform, as the others keep scale
+        with torch.no_grad():
+            self.conv.weight.uniform_(-bound, bound)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+
+
 class Generator(nn.Module):
-    """z [B, z_dim] -> video [B, 3, T, H, W] in [-1, 1]."""
+    """z [B, z_dim] -> video [B, 3, T, H, W] in [-1, 1].
+
+    ``cfg.edges`` says how the transposed convolutions treat the clip's edges: ``replicate`` (default,
+    :class:`EdgeDeconv3d`) or ``zero`` (padding 1, as iVGAN and the paper's code).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -73,18 +117,30 @@ class Generator(nn.Module):
         w = cfg.width
         self.top = 8 * w
         self.t0, self.s0 = cfg.frames // 16, cfg.size // 16
+        # resize convolutions copy frames, so frames must differ from the start: at least two from the linear layer
+        # (the first layer then upsamples space only)
+        t_first = 2
+        if cfg.edges == "resize" and self.t0 < 2:
+            self.t0, t_first = 2, 1
         self.fc = _linear(cfg.z_dim, self.top * self.t0 * self.s0 * self.s0)
         self.bn0 = BatchNormShift(self.top)
         chans = [8 * w, 4 * w, 2 * w, w, 3]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
-            deconv = nn.ConvTranspose3d(c_in, c_out, KERNEL, STRIDE, padding=1)
-            _ivgan_uniform_(deconv.weight, c_in, c_out)
-            nn.init.zeros_(deconv.bias)
+            if cfg.edges == "resize":
+                deconv: nn.Module = ResizeConv3d(c_in, c_out, (t_first if i == 0 else 2, 2, 2))
+            elif cfg.edges == "replicate":
+                deconv = EdgeDeconv3d(c_in, c_out)
+            else:
+                deconv = nn.ConvTranspose3d(c_in, c_out, KERNEL, STRIDE, padding=1)
+            if isinstance(deconv, nn.ConvTranspose3d):
+                _ivgan_uniform_(deconv.weight, c_in, c_out)
+                nn.init.zeros_(deconv.bias)
             layers.append(deconv)
             if i < len(chans) - 2:
                 layers += [BatchNormShift(c_out), nn.ReLU(inplace=True)]
-        layers.append(nn.Tanh())
+        if cfg.output == "tanh":
+            layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -120,6 +176,29 @@ class SameConv3d(nn.Conv3d):
         return super().forward(F.pad(x, pads))
 
 
+class MinibatchStd(nn.Module):
+    """Appends one feature map: the standard deviation of each feature across a group of ``group`` consecutive
+    samples, averaged over features and positions (Karras et al. 2018, ProGAN; StyleGAN2's ``mbstd``).
+
+    A per-sample critic cannot see that all generated clips look alike; with this map it can, so a generator
+    that collapses to one output for every latent is told so at once. Groups are consecutive samples, so a batch
+    of reals followed by fakes (as the trainer scores them) never mixes the two when ``group`` divides each half;
+    a batch that ``group`` does not divide uses the largest common divisor.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        g = math.gcd(self.group, b)
+        y = x.float().view(b // g, g, *x.shape[1:])
+        y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=list(range(1, y.dim() - 1)))  # [b // g]
+        y = y.to(x.dtype).repeat_interleave(g).view(b, 1, *([1] * (x.dim() - 2))).expand(b, 1, *x.shape[2:])
+        return torch.cat([x, y], dim=1)
+
+
 def critic_head_inputs(cfg: ModelConfig) -> int:
     """Number of values the critic's last conv produces per sample (4 for 32 x 64 x 64)."""
     t, s = cfg.frames, cfg.size
@@ -143,7 +222,11 @@ class Critic(nn.Module):
             if layer_norm:
                 blocks.append(nn.GroupNorm(1, c_out, eps=1e-5))
             blocks.append(nn.LeakyReLU(0.2))
-        blocks += [wrap(SameConv3d(8 * w, 1)), nn.LeakyReLU(0.2), nn.Flatten()]
+        extra = 0
+        if cfg.minibatch_std:
+            blocks.append(MinibatchStd(cfg.minibatch_std))
+            extra = 1
+        blocks += [wrap(SameConv3d(8 * w + extra, 1)), nn.LeakyReLU(0.2), nn.Flatten()]
         self.features = nn.Sequential(*blocks)
         self.head = wrap(_linear(critic_head_inputs(cfg), 1))
 

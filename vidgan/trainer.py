@@ -136,6 +136,9 @@ class Trainer:
             self.device
         )
         self.ema = GeneratorEMA(self.generator, train.ema_kimg, train.ema_rampup) if train.ema else None
+        # the critic's minibatch-std groups are consecutive clips: score reals and fakes in one batch only when a
+        # group never straddles the two halves
+        self.joint_scoring = not model.minibatch_std or train.batch_size % model.minibatch_std == 0
         # CUDA: one fused kernel per optimiser step instead of a dozen launches per parameter; CPU as before
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=train.betas, **fused)
@@ -164,7 +167,10 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fake = self.generator(self.generator.sample_z(b, self.device, self.rng))
         with self._autocast():
-            scores = self.critic(torch.cat([real, fake.to(real.dtype)])).float()
+            if self.joint_scoring:  # one pass over reals then fakes; minibatch-std groups stay within each half
+                scores = self.critic(torch.cat([real, fake.to(real.dtype)])).float()
+            else:
+                scores = torch.cat([self.critic(real), self.critic(fake.to(real.dtype))]).float()
         d_real, d_fake = scores[:b], scores[b:]
         wasserstein = d_real.mean() - d_fake.mean()
         loss = -wasserstein

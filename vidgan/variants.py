@@ -1,8 +1,9 @@
 """WGAN loss variants as small configs of orthogonal switches, and the paper's named presets.
 
 A variant says how the critic is kept (roughly) 1-Lipschitz: spectral normalisation of every critic
-layer, a gradient penalty, or both, plus an optional drift term. The presets reproduce the variants
-compared in the paper (Pegg & Gorski), with ``r1`` added.
+layer, a gradient penalty, or both, plus an optional drift term. The presets are the loss variants
+compared in the paper (Pegg & Gorski), with ``r1`` added; their critics have no layer norm (the paper's had one
+except in SN-GP: ``tune_jobs/paper.yaml`` restores it with ``overrides``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Variant(BaseModel):
       - ``r1``: lambda * E[|g|^2] at real samples only (Mescheder et al.; weight lambda, not gamma/2)
     where |g| is the per-sample L2 norm of dD/dx over all C*T*H*W elements.
     drift_weight: epsilon * E[D(x_real)^2] (Karras et al.), 0 to disable.
+    layer_norm: the critic's layer norm after each of its first four convs, as iVGAN and the paper had it. Off by
+      default: a critic that normalises each sample's activations is blind to the sample's overall scale (at
+      initialisation, with zero biases, D(a x) = D(x) for every a > 0), so the generator is told nothing about
+      how bright or how contrasted its clips are; see the README's "Does it learn?". ``tune_jobs/paper.yaml``
+      turns it on where the paper had it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,7 +39,7 @@ class Variant(BaseModel):
     penalty: Penalty = "gp"
     penalty_weight: float = Field(10.0, ge=0.0, allow_inf_nan=False)  # finite: inf/nan would only diverge
     drift_weight: float = Field(0.0, ge=0.0, allow_inf_nan=False)
-    layer_norm: bool = True
+    layer_norm: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Variant:
@@ -61,7 +67,7 @@ PRESETS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant(name="gp", penalty="gp"),
-        Variant(name="sn_gp", spectral_norm=True, penalty="gp", layer_norm=False),
+        Variant(name="sn_gp", spectral_norm=True, penalty="gp"),
         Variant(name="sn", spectral_norm=True, penalty="none"),
         Variant(name="zero_gp", penalty="zero_centered"),
         Variant(name="one_sided", penalty="one_sided"),
