@@ -226,3 +226,4 @@ def test_finished_sweep_ranks_describes_and_logs_the_best_generator(
             assert clips.shape == (n, 3, 16, 32, 32) and float(clips.abs().max()) <= 1.0
     logged = client.get_logged_model(model_uri.split("/")[-1])
     assert logged.source_run_id == nested[0].info.run_id
+    assert logged.experiment_id == ctx.experiment_id  # in the sweep's Models tab, not under MLflow's Default

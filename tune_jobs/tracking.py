@@ -360,11 +360,21 @@ def log_generator(uri: str, run_id: str, checkpoint: str | os.PathLike, name: st
         clips = generator(z)
     signature = infer_signature(z.numpy(), clips.numpy())
     requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
-    with _use_tracking_uri(uri):  # log_model reads the global tracking URI; the run is named explicitly
-        info = mlflow.pytorch.log_model(  # the batch dimension stays dynamic: the example has 2 rows
-            generator, name=name, run_id=run_id, signature=signature, input_example=z.numpy(),
-            pip_requirements=requirements, serialization_format="pt2",
-        )
+    # MLflow files a logged model under the active experiment, else the Default one, not under its run's: make the
+    # run's experiment the active one for the call (the sweep's, so the model shows on the run and in its Models tab)
+    from mlflow.tracking import fluent
+
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    active = fluent._active_experiment_id
+    fluent._active_experiment_id = experiment_id
+    try:
+        with _use_tracking_uri(uri):  # log_model reads the global tracking URI; the run is named explicitly
+            info = mlflow.pytorch.log_model(  # the batch dimension stays dynamic: the example has 2 rows
+                generator, name=name, run_id=run_id, signature=signature, input_example=z.numpy(),
+                pip_requirements=requirements, serialization_format="pt2",
+            )
+    finally:
+        fluent._active_experiment_id = active
     return info.model_uri
 
 
