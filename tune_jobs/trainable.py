@@ -52,6 +52,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         real, ev.n_fake, ev.frames, device=trainer.device, batch_size=ev.batch_size, n_boot=ev.bootstrap
     )
     grid_z = evaluator.latents(spec.model.z_dim)[: ev.grid]
+    squares = is_squares(trial.dataset.path)  # its physics gives a learning score beside FVD
     batches = open_stream(spec, trial, trainer.iteration)
     window = ThroughputWindow(trial.train_config.batch_size * trial.train_config.n_critic)
 
@@ -67,6 +68,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         t0 = time.perf_counter()
         scores = score_generators(evaluator, trainer, ev.generator)
         result = {**window.summary(), **evaluation_metrics(trainer, scores, ev.n_real),
+                  **(squares_metrics(trainer, evaluator, ev.generator) if squares else {}),
                   **hyperparameters(trainer), "eval_time_s": time.perf_counter() - t0}
         history.append({k: float(result[k]) for k in HISTORY_KEYS if k in result})
         result[ev.scheduler_metric] = ev.smoothing.apply([h[ev.metric] for h in history])
@@ -155,6 +157,26 @@ def score_generators(evaluator: Any, trainer: Trainer, which: str = "ema") -> di
     other = "raw" if which == "ema" else "ema"
     scores = evaluator.evaluate(nets[which])
     return {**scores, f"fvd_{which}": scores["fvd"], f"fvd_{other}": evaluator.fvd(nets[other])}
+
+
+def is_squares(path: str) -> bool:
+    """Whether a dataset is the synthetic squares (``vidgan ingest --synthetic squares``)."""
+    synthetic = shards.describe(path).manifest.get("params", {}).get("synthetic") or {}
+    return synthetic.get("kind") == "squares"
+
+
+def squares_metrics(trainer: Trainer, evaluator: Any, which: str = "ema") -> dict[str, float]:
+    """The squares learning score (:mod:`vidgan.squares_score`) of the scored generator's clips from the FVD's
+    latents: ``squares_one_square``, ``squares_smooth_motion``, ``squares_background_error``,
+    ``squares_diversity``."""
+    from vidgan.squares_score import squares_score
+    from vidgan.video import sample_clips
+
+    net = trainer.ema.module if which == "ema" and trainer.ema is not None else trainer.generator
+    clips = sample_clips(net, evaluator.latents(trainer.model_cfg.z_dim))
+    score = squares_score(clips).as_dict("squares_")
+    score.pop("squares_n_clips")
+    return score
 
 
 def evaluation_metrics(trainer: Trainer, scores: dict[str, float | int], n_real: int) -> dict[str, float]:
