@@ -45,7 +45,7 @@ if argv[0] == "--no-i3d":
             raise importlib.metadata.PackageNotFoundError(name)
         return real(name)
     importlib.metadata.distribution = distribution
-from vidgan.cli import main
+from tune_jobs.main import main
 code = main(argv)
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not leaked, leaked

@@ -201,7 +201,7 @@ def _start_sweep(root: Path, spec: dict, name: str) -> subprocess.Popen:
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
     address = ray.get_runtime_context().gcs_address
     return subprocess.Popen(
-        [sys.executable, "-m", "vidgan.cli", "sweep", str(path), "--name", name, "--address", address],
+        [sys.executable, "-m", "tune_jobs.main", "sweep", str(path), "--name", name, "--address", address],
         cwd=root, env=env, stdout=open(root / f"{name}.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )

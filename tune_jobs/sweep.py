@@ -18,11 +18,13 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tune_jobs import explore, report, runtime, tracking
+from tune_jobs.overrides import TAG_OVERRIDES
 from tune_jobs.resources import trial_resources
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
@@ -335,8 +337,12 @@ def run_sweep(
     name: str | None = None,
     resume: bool = False,
     verbose: int = 1,
+    overrides: Sequence[str] = (),
 ) -> SweepOutcome:
-    """Validate, run (or resume) and report one sweep. Raises SpecError before anything runs if it cannot."""
+    """Validate, run (or resume) and report one sweep. Raises SpecError before anything runs if it cannot.
+
+    ``overrides``: the ``key=value`` strings already applied to the spec (:mod:`tune_jobs.overrides`), kept as
+    the parent run's tag ``vidgan.overrides``; its ``spec.yaml`` is the spec with them applied."""
     spec = spec_or_path if isinstance(spec_or_path, SweepSpec) else load_spec(spec_or_path)
     uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
     tracking.check_tracking(uri)
@@ -380,7 +386,10 @@ def run_sweep(
 
     experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
     if state is None:
-        parent = tracking.start_parent_run(uri, experiment_id, name, tags={"vidgan.spec": spec.name})
+        tags = {"vidgan.spec": spec.name}
+        if overrides:
+            tags[TAG_OVERRIDES] = " ".join(overrides)[:5000]
+        parent = tracking.start_parent_run(uri, experiment_id, name, tags=tags)
         tracker = tracking.Tracker(uri, parent)
         view = tracking.share_trials_view(uri, experiment_id, parent, name, spec.eval.every)
         log_sweep_start(tracker, spec, name, view)
