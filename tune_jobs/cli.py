@@ -89,10 +89,11 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
               "continues the latest sweep of SPEC (--name NAME another one)", file=sys.stderr)
         return 130
     wall = time.perf_counter() - start
-    from tune_jobs.report import TRIAL_ENDS
+    from tune_jobs.report import Comparison, headline
 
-    counts = {s: sum(r.status == s for r in outcome.rows) for s in TRIAL_ENDS}
-    print(f"\nSweep {outcome.name}: {len(outcome.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    comparison = Comparison(outcome.rows, n_seeds=len(checked.seeds), variants=outcome.variants)
+    counts = comparison.counts()
+    print("\n" + headline(outcome.name, comparison))  # `vidgan report` prints the same two from MLflow
     print(outcome.table)
     print(
         f"\nEarly stopping saved {outcome.iterations_saved:.0%} of the generator iterations of running every trial "
