@@ -56,17 +56,23 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
               "Optuna): pip install 'vidgan[sweep]'", file=sys.stderr)
         return 2
     setup_logging(args.verbose)
-    from tune_jobs import overrides, plan
+    from tune_jobs import overrides
     from tune_jobs.spec import SpecError, parse_spec, read_spec
-    from tune_jobs.tracking import TrackingUnavailable
     from vidgan.errors import fail
 
     start = time.perf_counter()
     given = tuple(args.overrides)
-    try:
+    try:  # the spec and its overrides first: a typo is reported before MLflow or Ray is imported
         raw = read_spec(spec)
         effective = overrides.apply(raw, given)
-        checked, lines = plan.check(parse_spec(effective, source=str(spec)), address=args.address)
+        parsed = parse_spec(effective, source=str(spec))
+    except SpecError as exc:
+        return fail("sweep", exc)
+    from tune_jobs import plan
+    from tune_jobs.tracking import TrackingUnavailable
+
+    try:
+        checked, lines = plan.check(parsed, address=args.address)
     except (SpecError, TrackingUnavailable) as exc:
         return fail("sweep", exc)
     if args.check:

@@ -19,6 +19,14 @@ REPORT_PAGE = "report.html"
 COMPARE_FILES = ("compare.md", "compare.csv", "compare.html")
 
 
+def _installed(name: str) -> bool:
+    """Whether a package can be imported (found without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _store_exists(uri: str) -> bool:
     """A local SQLite store must exist: reading one must not create an empty one."""
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
@@ -112,7 +120,7 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.compare and args.sweep != "latest":
         return fail("report", "give one sweep, or two with --compare A B, not both")
-    missing = [m for m in ("mlflow", "matplotlib") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("mlflow", "matplotlib") if not _installed(m)]
     if missing:
         return fail("report", f"{', '.join(missing)} not installed: pip install 'vidgan[sweep]'")
     from tune_jobs import history, tracking
