@@ -19,13 +19,13 @@ imports torch at import time: a spec is validated without it.
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from vidgan.plugins import PluginError, discover
 
 if TYPE_CHECKING:
     import torch
@@ -60,23 +60,8 @@ def real_samples(real: torch.Tensor, fake: torch.Tensor, generator: torch.Genera
     return real
 
 
-class RegistryError(ValueError):
-    """A variant module that cannot be registered (a name twice, a missing PRESET, a bad PENALTY)."""
-
-
-def _builtin() -> dict[str, ModuleType]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            found[info.name] = importlib.import_module(f"{__name__}.{info.name}")
-    return found
-
-
-def _entry_points() -> dict[str, ModuleType]:
-    found = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
-    return found
+#: a variant module that cannot be registered (a name twice, a missing PRESET, a bad PENALTY)
+RegistryError = PluginError
 
 
 @functools.cache
@@ -84,12 +69,7 @@ def registry() -> dict[str, ModuleType]:
     """Every variant module by variant name: this folder's, then those of the ``vidgan.variants`` entry points;
     ordered by ``ORDER``, then name. RegistryError for a name twice, a module without ``PRESET``, or a
     ``PENALTY`` that is not a GradientPenalty."""
-    modules = _builtin()
-    for name, module in _entry_points().items():
-        if name in modules:
-            raise RegistryError(f"variant {name!r} of entry point group {ENTRY_POINT_GROUP} is already defined by "
-                                f"{modules[name].__name__}")
-        modules[name] = module
+    modules = discover(sys.modules[__name__], ENTRY_POINT_GROUP, what="variant")
     for module in modules.values():
         if not isinstance(getattr(module, "PRESET", None), dict):
             raise RegistryError(f"variant module {module.__name__} has no PRESET dict")
