@@ -17,10 +17,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-VIDEO_EXTS = frozenset(
-    {".mp4", ".m4v", ".avi", ".webm", ".mov", ".mkv", ".gif", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp"}
-)
-JPEG_EXTS = frozenset({".jpg", ".jpeg"})
 INDEX_EXTS = frozenset({".txt", ".lst", ".list"})
 
 
@@ -30,7 +26,7 @@ class SourceFile:
 
     path: str
     key: str
-    kind: str  # "video" or "tinyvideo"
+    kind: str  # a source kind of vidgan.ingest.kinds: "video", "tinyvideo", or one a package adds
     label: str | None
 
 
@@ -43,12 +39,9 @@ class Skip:
 
 
 def _kind(path: Path) -> str | None:
-    ext = path.suffix.lower()
-    if ext in VIDEO_EXTS:
-        return "video"
-    if ext in JPEG_EXTS:
-        return "tinyvideo"
-    return None
+    from .kinds import kind_of
+
+    return kind_of(path)
 
 
 def _file(path: Path, root: Path) -> SourceFile | Skip:
@@ -56,7 +49,10 @@ def _file(path: Path, root: Path) -> SourceFile | Skip:
     key = rel.as_posix()
     kind = _kind(path)
     if kind is None:
-        return Skip(key, f"unsupported file type {path.suffix or '(no extension)'!r}: not a video or JPEG")
+        from .kinds import registry
+
+        return Skip(key, f"unsupported file type {path.suffix or '(no extension)'!r}: no source kind reads it "
+                         f"({', '.join(registry())})")
     label = rel.parent.name if rel.parent != Path(".") else None
     return SourceFile(str(path), key, kind, label or None)
 
