@@ -123,7 +123,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="change the spec with dotted keys, values read as YAML: train.lr=2e-4 seeds=[0,1] "
-                   "variants=[gp,zero_gp] scheduler.max_t=400 (--check prints the change)")
+                   "variants=[gp,zero_gp] scheduler.max_t=400 (right after the spec, before any option; --check "
+                   "prints the change)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray; 'auto' joins one)")
     p.add_argument("--name", default=None, help="sweep name (default: <spec name>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="resume the named (or latest) interrupted sweep")
