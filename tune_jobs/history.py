@@ -3,7 +3,8 @@
 What ``vidgan report`` rebuilds the comparison from, for a sweep that finished, was interrupted or is still
 running. A trial's row takes the same values the end of a sweep takes from Tune's results (see
 ``tune_jobs.sweep._rows``), from what :class:`~tune_jobs.tracking.TrialLogger` logged at each evaluation:
-the ``fvd`` history (best, final, the curve; the iteration of the last evaluation), ``fvd_raw``, the interval
+the ``fvd`` history (best, final, the curve; the iteration of the last evaluation; per step the value logged
+last, see :func:`per_step`), ``fvd_raw``, the interval
 of the best evaluation, the last ``kvd`` and update counts, and the tags of how it ended. A trial that has
 not ended (no ``vidgan.end`` tag, run not FAILED) is ``unfinished``: MLflow cannot tell a running trial from
 one whose sweep was killed, or from one ASHA stopped before its sweep reached its end.
@@ -68,6 +69,15 @@ def _latest_value(history: list[Any]) -> float:
     return float(max(history, key=lambda m: (m.step, m.timestamp)).value) if history else math.nan
 
 
+def per_step(history: list[Any]) -> list[Any]:
+    """One value per step, the one logged last, by step: a trial restored from an earlier checkpoint evaluates a
+    step again, and its first evaluation belongs to the branch the restore dropped."""
+    latest: dict[int, Any] = {}
+    for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+        latest[m.step] = m
+    return [latest[k] for k in sorted(latest)]
+
+
 def trial_row(client: MlflowClient, run: Any) -> report.TrialRow:
     """The table row of a trial run (see the module's docstring)."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -87,14 +97,13 @@ def trial_row(client: MlflowClient, run: Any) -> report.TrialRow:
         params=tags.get(tracking.TAG_PARAMS, ""),
         reason=tags.get(tracking.TAG_REASON, "") if status in ("failed", "diverged") else "",
     )
-    fvd = sorted(client.get_metric_history(run.info.run_id, "fvd"), key=lambda m: (m.step, m.timestamp))
-    fvd = [m for m in fvd if not math.isnan(m.value)]
+    fvd = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd")) if not math.isnan(m.value)]
     if not fvd:
         return row
     row.curve = [(int(m.step), float(m.value)) for m in fvd]
     best = min(fvd, key=lambda m: m.value)  # the first of equal values, as pandas' idxmin
     row.best_fvd, row.final_fvd = float(best.value), float(fvd[-1].value)
-    raw = client.get_metric_history(run.info.run_id, "fvd_raw")
+    raw = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd_raw")) if not math.isnan(m.value)]
     if raw:
         row.best_fvd_raw = float(min(m.value for m in raw))
     for key, attr in (("fvd_ci_low", "best_fvd_ci_low"), ("fvd_ci_high", "best_fvd_ci_high")):
