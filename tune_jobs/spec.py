@@ -386,8 +386,21 @@ def _resolve_path(path: str, base: Path) -> str:
 MAX_SPEC_BYTES = 1 << 20
 
 
-def load_spec(path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> SweepSpec:
-    """Read and validate a YAML spec. Relative dataset paths resolve against ``base_dir`` (default: cwd)."""
+def load_spec(
+    path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None, overrides: Sequence[str] = ()
+) -> SweepSpec:
+    """Read and validate a YAML spec, with ``overrides`` (``key=value``, dotted keys: :mod:`tune_jobs.overrides`)
+    applied first. Relative dataset paths resolve against ``base_dir`` (default: cwd)."""
+    raw = read_spec(path)
+    if overrides:
+        from tune_jobs.overrides import apply
+
+        raw = apply(raw, overrides)
+    return parse_spec(raw, source=str(path), base_dir=base_dir)
+
+
+def read_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The YAML mapping of a spec file, not yet validated (SpecError when it cannot be read or is no mapping)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"sweep spec {str(path)!r} not found")
@@ -405,7 +418,7 @@ def load_spec(path: str | os.PathLike, *, base_dir: str | os.PathLike | None = N
         raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping of keys, got {type(raw).__name__}")
-    return parse_spec(raw, source=str(path), base_dir=base_dir)
+    return raw
 
 
 def parse_spec(raw: dict[str, Any], *, source: str = "<spec>", base_dir: str | os.PathLike | None = None) -> SweepSpec:

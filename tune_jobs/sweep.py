@@ -18,11 +18,13 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tune_jobs import explore, report, runtime, tracking
+from tune_jobs.overrides import TAG_OVERRIDES
 from tune_jobs.resources import trial_resources
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
@@ -341,8 +343,12 @@ def run_sweep(
     name: str | None = None,
     resume: bool = False,
     verbose: int = 1,
+    overrides: Sequence[str] = (),
 ) -> SweepOutcome:
-    """Validate, run (or resume) and report one sweep. Raises SpecError before anything runs if it cannot."""
+    """Validate, run (or resume) and report one sweep. Raises SpecError before anything runs if it cannot.
+
+    ``overrides``: the ``key=value`` strings already applied to the spec (:mod:`tune_jobs.overrides`), kept as
+    the parent run's tag ``vidgan.overrides``; its ``spec.yaml`` is the spec with them applied."""
     spec = spec_or_path if isinstance(spec_or_path, SweepSpec) else load_spec(spec_or_path)
     uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
     tracking.check_tracking(uri)
@@ -386,7 +392,10 @@ def run_sweep(
 
     experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
     if state is None:
-        parent = tracking.start_parent_run(uri, experiment_id, name, tags={"vidgan.spec": spec.name})
+        tags = {"vidgan.spec": spec.name}
+        if overrides:
+            tags[TAG_OVERRIDES] = " ".join(overrides)[:5000]
+        parent = tracking.start_parent_run(uri, experiment_id, name, tags=tags)
         tracker = tracking.Tracker(uri, parent)
         view = tracking.share_trials_view(uri, experiment_id, parent, name, spec.eval.every)
         log_sweep_start(tracker, spec, name, view)
@@ -452,7 +461,7 @@ def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.Tr
             dataset=trial.dataset.name,
             seed=trial.seed,
             status="failed",
-            params=", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()),
+            params=report.format_params(trial.params),
         )
         if df is not None and len(df) and spec.eval.metric in df:
             df = df.dropna(subset=["fvd"])
@@ -497,7 +506,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         if run is None:
             continue
         tracker = tracking.Tracker(ctx.tracking_uri, run.info.run_id)
-        tags = {tracking.TAG_END: row.status}
+        tags = {tracking.TAG_END: row.status, tracking.TAG_PARAMS: row.params}
         if row.reason:
             tags[tracking.TAG_REASON] = row.reason
         tracker.set_tags(tags)
@@ -510,19 +519,14 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
                     model_uri = _log_best_generator(ctx, run.info.run_id, Path(folder) / CHECKPOINT_FILE)
         tracker.finish("FAILED" if row.status in ("failed", "diverged") else "FINISHED")
 
-    variants = report.aggregate(rows)
-    table = (f"Over seeds ({len(spec.seeds)} per variant):\n\n" + report.markdown_variants(variants)
-             + "\n\nTrials:\n\n" + report.markdown(rows))
+    # the same tables `vidgan report` rebuilds from MLflow (tune_jobs/history.py): one code path for both
+    comparison = report.Comparison(rows, n_seeds=len(spec.seeds))
+    variants, table = comparison.variants, comparison.table
     saved = report.iterations_saved(rows, spec.scheduler.max_t)
     parent = tracking.Tracker(ctx.tracking_uri, ctx.parent_run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "comparison.md").write_text(table + "\n")
-        (folder / "comparison.csv").write_text(report.variants_csv(variants))
-        (folder / "trials.csv").write_text(report.to_csv(rows))
-        report.plot_curves(report.curves(rows), folder / "fvd_vs_iterations.png", spec.eval.metric)
-        for f in ("comparison.md", "comparison.csv", "trials.csv", "fvd_vs_iterations.png"):
-            parent.log_artifact(folder / f)
+        for path in report.write_tables(comparison, Path(tmp), spec.eval.metric):
+            parent.log_artifact(path)
     finished = [r for r in rows if not math.isnan(r.best_fvd)]
     # the sweep's own figures under sweep/: the trials' best_fvd column and chart stay theirs alone
     metrics: dict[str, float] = {"sweep/trials": len(rows), "sweep/iterations_saved_fraction": saved}

@@ -37,6 +37,7 @@ TAG_VARIANT = "vidgan.variant"
 TAG_DATASET = "vidgan.dataset"
 TAG_END = "vidgan.end"  # a report.TrialEnd
 TAG_REASON = "vidgan.failure_reason"
+TAG_PARAMS = "vidgan.params"  # a trial's searched hyperparameters as the table shows them (report.format_params)
 TAG_PARENT = "mlflow.parentRunId"
 TAG_CLONED_FROM = "vidgan.pbt.cloned_from"  # the trial whose checkpoint a PBT exploit copied (the latest)
 TAG_CLONED_AT = "vidgan.pbt.cloned_at_iteration"
@@ -505,6 +506,9 @@ class TrialLogger:
                      and k[: -len("_iteration")] in metrics}
         if created:
             self.tracker.describe(self._description("running", 0))
+        from tune_jobs.report import format_params
+
+        self.tracker.set_tags({TAG_PARAMS: format_params(trial.params)})  # (again after a PBT exploit: new values)
         try:
             self.tracker.log_inputs([dataset_input(trial.dataset.path, trial.dataset.name)])
         except Exception as exc:  # noqa: BLE001 - lineage is worth a warning, not a failed trial
@@ -514,10 +518,10 @@ class TrialLogger:
         self.system = start_system_metrics(ctx.tracking_uri, self.run_id, resume=not created)
 
     def _description(self, ended: str, iteration: int) -> str:
-        from tune_jobs.report import trial_description
+        from tune_jobs.report import format_params, trial_description
 
         best, at = self.best.get("fvd", (float("nan"), None))
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.trial.params.items())
+        params = format_params(self.trial.params)
         return trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
                                  best, at, params=params)
 

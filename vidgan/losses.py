@@ -1,7 +1,9 @@
 """Critic penalties of the WGAN variants, on the per-sample gradient norm over all C*T*H*W elements.
 
+Each penalty kind (where the gradient is taken, what of its norm is averaged) is defined by its variant's
+module in :mod:`vidgan.loss_variants`; this module takes the gradient and applies the kind.
 The paper's public code took the norm over the colour channels only (``dim=1`` of ``[B, 3, T, H, W]``)
-and averaged over pixels, which changes what every penalty means; the tests pin the formulas below
+and averaged over pixels, which changes what every penalty means; the tests pin the formulas
 with analytic critics so that mistake cannot come back.
 """
 
@@ -11,14 +13,17 @@ from collections.abc import Callable
 
 import torch
 
+from vidgan.loss_variants import GradientPenalty, interpolate, penalties
 from vidgan.variants import Variant
 
+__all__ = ["drift_penalty", "gradient_penalty", "input_gradient_norm", "interpolate", "penalty_from_norms"]
 
-def interpolate(real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """alpha * real + (1 - alpha) * fake, one alpha ~ U[0, 1) per sample."""
-    alpha = torch.rand(real.shape[0], device=real.device, generator=generator, dtype=real.dtype)
-    alpha = alpha.view(-1, *([1] * (real.dim() - 1)))
-    return alpha * real + (1 - alpha) * fake
+
+def _kind(variant: Variant) -> GradientPenalty:
+    kind = penalties().get(variant.penalty)
+    if kind is None:
+        raise ValueError(f"variant {variant.name!r} has no gradient penalty")
+    return kind
 
 
 def input_gradient_norm(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -33,16 +38,7 @@ def input_gradient_norm(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Ten
 
 def penalty_from_norms(norms: torch.Tensor, variant: Variant) -> torch.Tensor:
     """lambda * E[f(|g|)] for the variant's penalty, from per-sample gradient norms."""
-    kind = variant.penalty
-    if kind == "gp":
-        per_sample = (norms - 1.0) ** 2
-    elif kind == "one_sided":
-        per_sample = torch.clamp(norms - 1.0, min=0.0) ** 2
-    elif kind in ("zero_centered", "r1"):
-        per_sample = norms**2
-    else:
-        raise ValueError(f"variant {variant.name!r} has no gradient penalty")
-    return variant.penalty_weight * per_sample.mean()
+    return variant.penalty_weight * _kind(variant).per_sample(norms).mean()
 
 
 def gradient_penalty(
@@ -55,13 +51,14 @@ def gradient_penalty(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(penalty, per-sample gradient norms) of a variant; norms and penalty are computed in fp32.
 
-    Interpolates between real and fake for gp / one_sided / zero_centered; at the real samples for r1.
+    At the points of the variant's penalty kind (its module's ``at``): interpolates between real and fake for
+    gp / one_sided / zero_centered, the real samples for r1.
     ``autocast_dtype`` (the trainer passes bf16 on CUDA with ``bf16``) runs the critic's pass at those
     points, and so the double backward through it, under autocast: the points stay fp32 leaves, their
     gradient arrives in fp32, and its per-sample norms and the penalty accumulate in fp32. ``None``: no
     autocast, fp32 throughout (the CPU path, unchanged).
     """
-    point = real if variant.penalty == "r1" else interpolate(real, fake, generator)
+    point = _kind(variant).at(real, fake, generator)
     point = point.detach().float().requires_grad_(True)
     if autocast_dtype is None:
         scores = critic(point)

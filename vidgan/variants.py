@@ -1,24 +1,27 @@
-"""WGAN loss variants as small configs of orthogonal switches, and the paper's named presets.
+"""WGAN loss variants as small configs of orthogonal switches, and the named presets.
 
 A variant says how the critic is kept (roughly) 1-Lipschitz: spectral normalisation of every critic
-layer, a gradient penalty, or both, plus an optional drift term. The presets are the loss variants
-compared in the paper (Pegg & Gorski), with ``r1`` added; their critics have no layer norm (the paper's had one
-except in SN-GP: ``tune_jobs/paper.yaml`` restores it with ``overrides``).
+layer, a gradient penalty, or both, plus an optional drift term. Each preset, and each penalty kind, is
+a small module of :mod:`vidgan.loss_variants` (or of a package's ``vidgan.variants`` entry point): the
+paper's variants (Pegg & Gorski) first. Their critics have no layer norm (the paper's had one except in SN-GP:
+``tune_jobs/paper.yaml`` restores it with ``overrides``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from vidgan import loss_variants
 
-Penalty = Literal["none", "gp", "one_sided", "zero_centered", "r1"]
+#: a variant's ``penalty``: ``none`` or the name of a penalty kind of the registry (gp, one_sided, ...)
+Penalty = str
 
 
 class Variant(BaseModel):
     """One loss variant.
 
-    penalty:
+    penalty: ``none`` or a penalty kind of :func:`vidgan.loss_variants.penalties` (each module says its formula),
+    among them:
       - ``gp``: lambda * E[(|g| - 1)^2] at interpolates (WGAN-GP, Gulrajani et al.)
       - ``one_sided``: lambda * E[max(0, |g| - 1)^2] at interpolates (WGAN-LP, Petzka et al.)
       - ``zero_centered``: lambda * E[|g|^2] at interpolates (0-GP, Thanh-Tung et al.)
@@ -62,18 +65,19 @@ class Variant(BaseModel):
         """Whether the critic loss has the drift term (so ``drift_weight`` means something)."""
         return self.drift_weight > 0
 
+    @field_validator("penalty")
+    @classmethod
+    def _known_penalty(cls, value: str) -> str:
+        """``none`` or a penalty kind some variant module defines."""
+        known = [loss_variants.NO_PENALTY, *loss_variants.penalties()]
+        if value not in known:
+            raise ValueError(f"unknown penalty {value!r}; known: {', '.join(known)}")
+        return value
 
+
+#: every variant module's preset (vidgan/loss_variants/<name>.py: PRESET), the paper's first
 PRESETS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant(name="gp", penalty="gp"),
-        Variant(name="sn_gp", spectral_norm=True, penalty="gp"),
-        Variant(name="sn", spectral_norm=True, penalty="none"),
-        Variant(name="zero_gp", penalty="zero_centered"),
-        Variant(name="one_sided", penalty="one_sided"),
-        Variant(name="drift", penalty="gp", drift_weight=1e-4),
-        Variant(name="r1", penalty="r1"),
-    )
+    name: Variant.model_validate(fields) for name, fields in loss_variants.preset_fields().items()
 }
 
 PAPER_VARIANTS = ("gp", "sn_gp", "sn", "zero_gp", "one_sided", "drift")

@@ -1,4 +1,5 @@
-"""Decoding one source into clips: videos through PyAV (anything FFmpeg reads), TinyVideo JPEGs with Pillow.
+"""Decoding one source into clips, by its source kind (:mod:`vidgan.ingest.kinds`: videos through PyAV, TinyVideo
+JPEGs with Pillow, and any kind a package adds).
 
 :func:`decode_source` never raises for bad input: it returns a :class:`Decoded` whose ``error`` says
 why the source gave no clips (empty, unreadable, not a video, audio only, too short, too large, ...).
@@ -11,17 +12,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import IngestConfig
-from .frames import center_crop, resize_crop_image, scaled_size
 from .sources import SourceFile
-
-#: Frame rate recorded for TinyVideo clips, whose JPEGs carry none (0 means unknown).
-TINYVIDEO_FPS = 0.0
 
 
 @dataclass
@@ -41,7 +37,7 @@ class Decoded:
         return 0 if self.clips is None else int(self.clips.shape[0])
 
 
-class _Clipper:
+class Clipper:
     """Cuts a stream of frames into clips of ``frames`` frames, one every ``stride`` frames."""
 
     def __init__(self, frames: int, stride: int) -> None:
@@ -77,153 +73,23 @@ def _check_readable(path: str) -> str | None:
     return None
 
 
-def _too_short(n: int, cfg: IngestConfig, unit: str = "frames") -> str:
+def too_short(n: int, cfg: IngestConfig, unit: str = "frames") -> str:
     rate = f" at {cfg.fps:g} fps" if cfg.fps else ""
     return f"too short: {n} {unit}{rate}, fewer than one clip of {cfg.frames} frames"
 
 
-def _video_frames(src: SourceFile, cfg: IngestConfig, out: Decoded) -> Iterator[np.ndarray]:
-    """Decode, resample and resize the frames of the first video stream; sets out.fps/error/warning."""
-    import av
-
-    try:
-        container = av.open(src.path, metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
-        out.error = f"not a readable video (FFmpeg: {e})"
-        return
-    with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            out.error = f"no video stream (streams: {', '.join(kinds)}; audio-only or not a video)"
-            return
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        cc = stream.codec_context
-        if cc.width and cc.height and cc.width * cc.height > cfg.max_pixels:
-            out.error = f"frame size {cc.width}x{cc.height} exceeds the cap of {cfg.max_pixels} pixels"
-            return
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        src_fps = float(rate) if rate else None
-        out.fps = float(cfg.fps or src_fps or 25.0)
-        step = 1.0 / cfg.fps if cfg.fps else None
-        half = 0.5 / (src_fps or cfg.fps or 25.0)
-        next_t, t0, emitted, geometry = 0.0, None, 0, None
-        try:
-            for frame in container.decode(stream):
-                out.frames_read += 1
-                if out.frames_read > cfg.max_frames or emitted >= cfg.max_frames:
-                    out.warning = f"stopped at the cap of {cfg.max_frames} frames per source"
-                    return
-                if frame.width * frame.height > cfg.max_pixels:
-                    out.error = f"frame size {frame.width}x{frame.height} exceeds the cap of {cfg.max_pixels} pixels"
-                    return
-                repeat = 1
-                if step is not None:
-                    t = frame.time if frame.time is not None else (out.frames_read - 1) / (src_fps or cfg.fps)
-                    t0 = t if t0 is None else t0
-                    t -= t0
-                    repeat = 0
-                    while next_t < t + half:
-                        repeat += 1
-                        next_t += step
-                    if repeat == 0:
-                        continue
-                if geometry != (frame.width, frame.height):
-                    geometry = (frame.width, frame.height)
-                    w, h = scaled_size(frame.width, frame.height, cfg.size)
-                rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-                img = np.ascontiguousarray(center_crop(rgb, cfg.size))
-                for _ in range(repeat):
-                    emitted += 1
-                    yield img
-        except (av.error.FFmpegError, OSError, ValueError) as e:
-            msg = f"decoding failed after {out.frames_read} frames (FFmpeg: {e})"
-            if emitted >= cfg.frames:
-                out.warning = msg + "; clips before the failure kept"
-            else:
-                out.error = "truncated or corrupt: " + msg
-
-
-def _decode_video(src: SourceFile, cfg: IngestConfig, out: Decoded) -> None:
-    clipper = _Clipper(cfg.frames, cfg.clip_stride)
-    for img in _video_frames(src, cfg, out):
-        clipper.add(img)
-    if out.error:
-        return
-    if not clipper.clips:
-        if out.frames_read == 0:
-            out.error = "no decodable video frames (truncated, corrupt or not a video)"
-        else:
-            out.error = _too_short(clipper.n, cfg)
-        return
-    out.clips = np.stack(clipper.clips)
-    out.starts = clipper.starts
-
-
-def _decode_tinyvideo(src: SourceFile, cfg: IngestConfig, out: Decoded) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    out.fps = TINYVIDEO_FPS
-    try:
-        with Image.open(src.path) as img:
-            if img.format != "JPEG":
-                out.error = f"not a JPEG (Pillow reads it as {img.format})"
-                return
-            w, h = img.size
-            if w * w > cfg.max_pixels or h > w * cfg.max_frames:
-                out.error = f"image {w}x{h} exceeds the caps ({cfg.max_pixels} pixels a frame, {cfg.max_frames} frames)"
-                return
-            if h % w != 0:
-                out.error = (
-                    f"wrong height for a TinyVideo JPEG: {w}x{h} is not a stack of {w}x{w} frames "
-                    f"(height must be a multiple of the width, e.g. {w}x{w * cfg.frames} for {cfg.frames} frames)"
-                )
-                return
-            n = h // w
-            out.frames_read = n
-            if n < cfg.frames:
-                out.error = _too_short(n, cfg, unit=f"{w}x{w} frames (image {w}x{h})")
-                return
-            rgb = img.convert("RGB")
-            frames = [resize_crop_image(rgb.crop((0, i * w, w, (i + 1) * w)), cfg.size) for i in range(n)]
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
-        out.error = f"not a readable JPEG ({type(e).__name__}: {e})"
-        return
-    if cfg.fps:
-        out.warning = "TinyVideo JPEGs carry no frame rate: --fps ignored"
-    starts = list(range(0, n - cfg.frames + 1, cfg.clip_stride))
-    out.clips = np.stack([np.stack(frames[s : s + cfg.frames]) for s in starts])
-    out.starts = starts
-
-
-def _make_squares(src: SourceFile, cfg: IngestConfig, out: Decoded) -> None:
-    from vidgan.synthetic import squares_clips
-
-    from .sources import synthetic_params
-
-    p = synthetic_params(src)
-    clips = squares_clips(p["clips"], cfg.frames, cfg.size, p["seed"] * 1_000_003 + p["chunk"])
-    out.clips = clips.permute(0, 2, 3, 4, 1).contiguous().numpy()  # [N, T, H, W, 3]
-    out.starts = [0] * p["clips"]
-    out.frames_read = cfg.frames * p["clips"]
-    out.fps = 0.0
-
-
 def decode_source(src: SourceFile, cfg: IngestConfig) -> Decoded:
     """Decode one source into clips, or explain in ``error`` why it has none. Never raises for bad input."""
+    from .kinds import registry
+
     out = Decoded(src)
-    if src.kind == "squares":  # synthetic: nothing to read
-        _make_squares(src, cfg, out)
-        return out
-    reason = _check_readable(src.path)
+    kind = registry()[src.kind]
+    reason = None if getattr(kind, "SYNTHETIC", False) else _check_readable(src.path)  # a made kind reads no file
     if reason:
         out.error = reason
         return out
     try:
-        if src.kind == "tinyvideo":
-            _decode_tinyvideo(src, cfg, out)
-        else:
-            _decode_video(src, cfg, out)
+        kind.decode(src, cfg, out)
     except MemoryError:
         out.clips, out.starts = None, []
         out.error = "out of memory while decoding (lower --max-frames / --max-pixels)"

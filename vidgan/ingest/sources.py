@@ -19,10 +19,6 @@ from pathlib import Path
 
 from .config import SyntheticSpec
 
-VIDEO_EXTS = frozenset(
-    {".mp4", ".m4v", ".avi", ".webm", ".mov", ".mkv", ".gif", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp"}
-)
-JPEG_EXTS = frozenset({".jpg", ".jpeg"})
 INDEX_EXTS = frozenset({".txt", ".lst", ".list"})
 
 
@@ -32,7 +28,7 @@ class SourceFile:
 
     path: str
     key: str
-    kind: str  # "video", "tinyvideo" or "squares" (synthetic: made, not read)
+    kind: str  # a source kind of vidgan.ingest.kinds: "video", "tinyvideo", one a package adds; or "squares" (made)
     label: str | None
 
 
@@ -45,12 +41,9 @@ class Skip:
 
 
 def _kind(path: Path) -> str | None:
-    ext = path.suffix.lower()
-    if ext in VIDEO_EXTS:
-        return "video"
-    if ext in JPEG_EXTS:
-        return "tinyvideo"
-    return None
+    from .kinds import kind_of
+
+    return kind_of(path)
 
 
 def _file(path: Path, root: Path) -> SourceFile | Skip:
@@ -58,7 +51,10 @@ def _file(path: Path, root: Path) -> SourceFile | Skip:
     key = rel.as_posix()
     kind = _kind(path)
     if kind is None:
-        return Skip(key, f"unsupported file type {path.suffix or '(no extension)'!r}: not a video or JPEG")
+        from .kinds import registry
+
+        return Skip(key, f"unsupported file type {path.suffix or '(no extension)'!r}: no source kind reads it "
+                         f"({', '.join(registry())})")
     label = rel.parent.name if rel.parent != Path(".") else None
     return SourceFile(str(path), key, kind, label or None)
 
