@@ -72,9 +72,12 @@ def test_tables_show_ties_intervals_and_the_test() -> None:
     rows += _rows("d", "r1", [300.0, 310.0, 330.0])
     variants = aggregate(rows)
     md = markdown_variants(variants)
-    assert "| 1= | gp | d | 3 | 110.0 +- 24.8 | best | 3/3 |" in md
+    assert "| 1= | gp | d | 3 | 110.0 +- 24.8 (100.0 to 120.0) | best | 3/3 |" in md
     assert "| 1= | sn |" in md and "tied (p=" in md and "| 3 | r1 |" in md and "worse (p=" in md
     assert "Welch" in md
     parsed = list(csv.DictReader(io.StringIO(variants_csv(variants))))
     assert {"variant", "dataset", "n_seeds", "fvd_mean", "fvd_ci95", "vs_best", "p_value", "rank"} <= set(parsed[0])
     assert parsed[0]["variant"] == "gp" and float(parsed[0]["fvd_ci95"]) == pytest.approx(24.84, abs=0.01)
+    # two seeds: their range, not a t-interval 12.7 times their half-difference wide
+    two = markdown_variants(aggregate(_rows("d", "gp", [4367.0, 6117.2]) + _rows("d", "sn", [4500.0, 6300.0])))
+    assert "| 5242.1 (4367.0 to 6117.2) |" in two and "+-" not in two.split("\n\n")[0].split("\n", 2)[2]

@@ -207,8 +207,24 @@ def _vs_best(v: VariantRow) -> str:
     return v.vs_best
 
 
+def _mean_and_spread(v: VariantRow) -> str:
+    """The mean of the seeds' best FVDs with its 95% interval from 3 seeds on, and the seeds' range. Two seeds give
+    no interval worth printing (t = 12.7 at one degree of freedom: +- 12.7 x half their difference), so two show
+    their range alone."""
+    values = [x for x in v.values if x == x]
+    if v.n_seeds <= 1 or len(values) < 2:
+        return _fmt(v.fvd_mean)
+    spread = f"({min(values):.1f} to {max(values):.1f})"
+    if v.n_seeds == 2 or math.isnan(v.fvd_ci95):
+        return f"{_fmt(v.fvd_mean)} {spread}"
+    return f"{_fmt(v.fvd_mean)} +- {v.fvd_ci95:.1f} {spread}"
+
+
 AGG_LEGEND = (
-    "FVD: mean over seeds of each trial's best FVD, +- the half-width of its 95% t-interval. vs best: Welch's "
+    "FVD: mean over seeds of each trial's best FVD, +- the half-width of its 95% t-interval from 3 seeds on, and in "
+    "brackets the seeds' lowest and highest. Two seeds show their range alone: a t-interval from two values is "
+    "12.7 times their half-difference each way, too wide to say anything; two seeds screen, three or more claim. "
+    "vs best: Welch's "
     "t-test against the variant with the lowest mean, 5% level, two-sided p. rank: 1 + the number of variants "
     "with a lower FVD by that test; equal ranks are ties. ended: trials that ran to max_t / trials."
 )
@@ -216,11 +232,12 @@ AGG_LEGEND = (
 
 def markdown_variants(variants: list[VariantRow]) -> str:
     """The comparison over seeds (one line per variant and dataset), with its legend."""
-    lines = ["| rank | variant | dataset | seeds | FVD mean +- 95% CI | vs best | ended |", "|" + "---|" * 7]
+    lines = ["| rank | variant | dataset | seeds | FVD mean +- 95% CI (seeds' range) | vs best | ended |",
+             "|" + "---|" * 7]
     for v in variants:
-        ci = "" if math.isnan(v.fvd_ci95) else f" +- {v.fvd_ci95:.1f}"
+        ci = _mean_and_spread(v)
         rank = f"{v.rank}=" if sum(u.rank == v.rank and u.dataset == v.dataset for u in variants) > 1 else str(v.rank)
-        lines.append(f"| {rank} | {v.variant} | {v.dataset} | {v.n_seeds} | {_fmt(v.fvd_mean)}{ci} | {_vs_best(v)} | "
+        lines.append(f"| {rank} | {v.variant} | {v.dataset} | {v.n_seeds} | {ci} | {_vs_best(v)} | "
                      f"{v.completed}/{v.trials} |")
     return "\n".join(lines) + "\n\n" + AGG_LEGEND
 
@@ -296,13 +313,16 @@ def sweep_description(
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {ENDED_WORDS[s]}" for s in (*TRIAL_ENDS, UNFINISHED)
                        if any(r.status == s for r in rows))
     scored = [r for r in ranked if not math.isnan(r.best_fvd)]
-    lines: list[str] = []
+    # the links first: MLflow folds a long description after its first lines ("Show more")
+    links = [f"[The whole table (comparison.md)]({comparison_link})"]
+    if compare_link:
+        links.append(f"[Compare the trials]({compare_link})")
+    lines: list[str] = [" | ".join(links), ""]
     over_seeds = [v for v in (variants or []) if v.n_seeds]
     for dataset in dict.fromkeys(v.dataset for v in over_seeds):
         here = [v for v in over_seeds if v.dataset == dataset]
         best = next((v for v in here if v.vs_best == "best"), here[0])
-        ci = "" if math.isnan(best.fvd_ci95) else f" +- {_fmt(best.fvd_ci95)}"
-        line = (f"**Winner on `{dataset}`: {best.variant}** (mean best FVD {_fmt(best.fvd_mean)}{ci} over "
+        line = (f"**Winner on `{dataset}`: {best.variant}** (mean best FVD {_mean_and_spread(best)} over "
                 f"{best.n_seeds} seed{'s' if best.n_seeds > 1 else ''})")
         tied = [v for v in here if v.vs_best == "tied"]
         if tied:
@@ -316,19 +336,20 @@ def sweep_description(
         lines.append(f"**No trial was scored** ({len(rows)} trials: {counts}).")
     else:
         win = scored[0]
-        lines.append(f"**{'Best trial' if lines else 'Winner'}: {win.variant}** (best FVD {_fmt(win.best_fvd)} at "
+        lines.append(f"**{'Best trial' if over_seeds else 'Winner'}: {win.variant}** (best FVD {_fmt(win.best_fvd)} at "
                      f"iteration {best_iteration(win)}, `{win.dataset}`, seed {win.seed}, {ENDED_WORDS[win.status]}), "
                      f"of {len(rows)} trials: {counts}.")
         tied = [r for r in scored[1:] if r.best_fvd == win.best_fvd]
         if tied and not over_seeds:
             names = ", ".join(f"{r.variant} (`{r.dataset}`, seed {r.seed})" for r in tied)
             lines.append(f"Tied with it: {names}.")
-    lines.append(f"\nThe whole table: [comparison.md]({comparison_link}) among this run's artifacts (with "
-                 "comparison.csv and fvd_vs_iterations.png). The trials below are ranked by best FVD, lowest first, as "
-                 "the trial runs sorted by their metric `best_fvd` are.")
+    lines.append("\nThe whole table is comparison.md among this run's artifacts (with comparison.csv and "
+                 "fvd_vs_iterations.png). The trials below are ranked by best FVD, lowest first, as the trial runs "
+                 "sorted by their metric `best_fvd` are.")
     if compare_link:
-        lines.append(f"[Compare the trials]({compare_link}): sorted by best FVD, their samples side by side with a "
-                     "step slider, best FVD bars and FVD curves.")
+        lines.append("Compare the trials: sorted by best FVD, their samples side by side with a step slider (a chart "
+                     "card shows one run's image at a time; open it full screen for all of them side by side), best "
+                     "FVD bars and FVD curves.")
     if best_model:
         lines.append(f"The best trial's generator: `{best_model}` (`mlflow.pytorch.load_model`).")
     lines += ["", "| # | variant | dataset | seed | best FVD | at iteration | ended |", "|---|---|---|---|---|---|---|"]
