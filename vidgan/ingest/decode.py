@@ -3,7 +3,8 @@
 :func:`decode_source` never raises for bad input: it returns a :class:`Decoded` whose ``error`` says
 why the source gave no clips (empty, unreadable, not a video, audio only, too short, too large, ...).
 Memory stays bounded by the caps in :class:`~vidgan.ingest.config.IngestConfig`: frames larger than
-``max_pixels`` are refused before decoding, and decoding stops after ``max_frames`` frames.
+``max_pixels`` are refused before decoding, and decoding stops after ``max_frames`` frames read or produced
+(resampling to ``--fps`` repeats a frame to fill a timestamp gap: those repeats count).
 This module is imported inside Ray tasks; it must not import Ray.
 """
 
@@ -123,7 +124,10 @@ def _video_frames(src: SourceFile, cfg: IngestConfig, out: Decoded) -> Iterator[
                     t0 = t if t0 is None else t0
                     t -= t0
                     repeat = 0
-                    while next_t < t + half:
+                    while next_t < t + half:  # frames due by this one's time: a timestamp gap repeats it
+                        if emitted + repeat >= cfg.max_frames:  # the cap counts frames produced, repeats too
+                            out.warning = f"stopped at the cap of {cfg.max_frames} frames per source"
+                            break
                         repeat += 1
                         next_t += step
                     if repeat == 0:
