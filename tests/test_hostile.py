@@ -558,18 +558,12 @@ def _source_folder(root: Path, n: int, prefix: str, frames: int = 32) -> Path:
 def test_one_ingest_per_out_folder(tmp_path: Path) -> None:
     """#19 case 1: two ingests of different sources into one --out at once lose nothing: the second stops naming
     the first (or runs after it), and running it again adds its sources."""
-    from vidgan.files import writer_lock
     from vidgan.shards import verified
 
     a, b = _source_folder(tmp_path / "a", 4, "a"), _source_folder(tmp_path / "b", 4, "b")
     out = tmp_path / "out"
     ingest_a, ingest_b = (["ingest", s, "--out", out, "--frames", 16, "--size", 32, "--shard-mb", 0.01]
                           for s in (a, b))
-    with writer_lock(out, folder=True, command="a test holding the folder"):
-        (held,) = cli_many(ingest_a)
-    line = refused(held, out, f"pid {os.getpid()}", "a test holding the folder")
-    assert "run this command again" in line and not (out / "manifest.json").exists()
-
     results = cli_many(ingest_a, ingest_b)
     for argv, r in zip((ingest_a, ingest_b), results, strict=True):
         if r.returncode != 0:  # the other one held the folder: one line naming it, then it runs after
@@ -582,19 +576,21 @@ def test_one_ingest_per_out_folder(tmp_path: Path) -> None:
     verified(str(out))  # every listed shard whole, none overwritten by the other run
     assert not list(out.glob(".*vidgan-lock"))
 
+    from vidgan.files import writer_lock
+
+    before = snapshot(out)
+    with writer_lock(out, folder=True, command="a test holding the folder"):  # the second writer, for certain
+        (held,) = cli_many(ingest_a)
+    line = refused(held, out, f"pid {os.getpid()}", "a test holding the folder")
+    assert "run this command again" in line and snapshot(out) == before
+
 
 def test_one_train_per_checkpoint(data: Path, tmp_path: Path) -> None:
     """#19 case 2: two `vidgan train` on one new --checkpoint at once: exactly one trains it; the other stops with
     one line (naming the holder, or the checkpoint it finds), and nothing is replaced without --overwrite."""
-    from vidgan.files import writer_lock
     from vidgan.trainer import read_checkpoint
 
     ck = tmp_path / "ck.pt"
-    with writer_lock(ck, command="a test holding the checkpoint"):
-        (held,) = cli_many(["train", "--data", data, "--checkpoint", ck, *TRAIN])
-    refused(held, ck, f"pid {os.getpid()}", "a test holding the checkpoint")
-    assert not ck.exists()
-
     runs = cli_many(*(["train", "--data", data, "--checkpoint", ck, *TRAIN, "--seed", seed] for seed in (1, 2)))
     assert sorted(r.returncode for r in runs) == [0, 2], [(r.returncode, r.stderr) for r in runs]
     winner = 1 if runs[0].returncode == 0 else 2
@@ -602,6 +598,14 @@ def test_one_train_per_checkpoint(data: Path, tmp_path: Path) -> None:
     line = refused(loser, ck)
     assert "is being written by vidgan train (pid" in line or "--overwrite" in line, line
     assert read_checkpoint(ck)["config"]["train"]["seed"] == winner
+
+    from vidgan.files import writer_lock
+
+    fresh = tmp_path / "fresh.pt"
+    with writer_lock(fresh, command="a test holding the checkpoint"):  # the second writer, for certain
+        (held,) = cli_many(["train", "--data", data, "--checkpoint", fresh, *TRAIN])
+    refused(held, fresh, f"pid {os.getpid()}", "a test holding the checkpoint")
+    assert not fresh.exists()
 
 
 def _hollow_checkpoint(path: Path, **model: int) -> Path:
@@ -901,7 +905,7 @@ def test_verified_stamps_writable_by_others_are_ignored(data: Path, tmp_path: Pa
 
     monkeypatch.setenv("VIDGAN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(shards, "_VERIFIED", set())
-    monkeypatch.setattr(shards, "_UNTRUSTED", set())
+    monkeypatch.setattr(shards, "_UNTRUSTED", set(), raising=False)
     shards.verified(str(data))
     stamp_root = tmp_path / "cache" / shards.STAMP_DIR
     assert all(p.stat().st_mode & 0o777 == 0o755 for p in (stamp_root, *stamp_root.iterdir()))  # whatever the umask
@@ -927,7 +931,7 @@ def test_verified_stamps_writable_by_others_are_ignored(data: Path, tmp_path: Pa
             shards.verified(str(data))
         assert "writable by others" in caplog.text
         forged.parent.chmod(0o755)
-        monkeypatch.setattr(shards, "_UNTRUSTED", set())
+        monkeypatch.setattr(shards, "_UNTRUSTED", set(), raising=False)
         caplog.clear()
     forged.chmod(0o644)
     monkeypatch.setattr(shards, "_VERIFIED", set())
