@@ -753,7 +753,7 @@ def test_full_disk_during_a_save_is_one_line(data: Path, tmp_path: Path) -> None
                   f'&& "$@" 2>"{report}/err"; echo $? >"{report}/rc"; '
                   f'cp "{disk}/ck.pt" "{report}/ck.pt"; ls -a "{disk}" >"{report}/ls"')
         subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", *argv],
-                       env=env, timeout=120, check=True)
+                       env=env, timeout=300, check=True)
         err, rc = (report / "err").read_text(), int((report / "rc").read_text())
         left = (report / "ls").read_text().split()
         assert "the disk is full" in err, err
