@@ -6,11 +6,11 @@ inside the schema), so a 2 KB file can ask for a generator of billions of parame
 :func:`check_fits` first and refuse such a model in one line with the estimate, instead of allocating until the
 kernel kills the process.
 
-The estimate builds the networks on PyTorch's ``meta`` device (shapes only, no memory) and runs one forward pass
-there, so it follows :mod:`vidgan.models` as it changes:
+The estimate follows :mod:`vidgan.models` as it changes, without building the model asked for:
 
-- parameters: counted exactly (generator and critic);
-- activations per clip: the outputs of every leaf module in a forward pass (what autograd keeps for backward);
+- parameters: counted exactly on the networks built on PyTorch's ``meta`` device (shapes only, no memory);
+- activations per clip: the outputs of every leaf module in a forward pass (what autograd keeps for backward),
+  measured on real networks of widths 1 and 2 and extrapolated (linear in the width);
 - training at batch B: float32 weights, gradients and two Adam moments of both networks, the generator's moving
   average, and B x (4 critic passes: real and fake, then the gradient penalty's pass and its double backward,
   + 1 generator pass) of activations;
@@ -85,19 +85,57 @@ def _leaf_outputs(module: torch.nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def footprint(model: ModelConfig) -> Footprint:
-    """Parameters and activations of ``model``, from networks built on the ``meta`` device (no memory used)."""
+def _skip_init() -> object:
+    """A torch function mode in which in-place fills (weight initialisation) do nothing: on the meta device there is
+    nothing to fill, and some of their meta kernels would import torch._dynamo, seconds of a command's start."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    init = torch.nn.init
+    fills = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
+             torch.Tensor.bernoulli_, torch.Tensor.random_, torch.Tensor.exponential_,
+             *(getattr(init, name) for name in dir(init) if name.endswith("_") and not name.startswith("_"))}
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+            if func in fills:  # the tensor filled, given by position or by name
+                return args[0] if args else next(v for v in (kwargs or {}).values() if isinstance(v, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    return SkipInit()
+
+
+def _activations(model: ModelConfig, width: int) -> tuple[int, int]:
+    """Leaf-output elements per clip of the generator and the critic of ``model`` at ``width``, measured in a real
+    CPU forward pass of two clips (small widths only: MBs)."""
     import torch
 
     from vidgan.models import Critic, Generator
 
-    with torch.device("meta"):
-        gen, critic = Generator(model), Critic(model)
+    small = model.model_copy(update={"width": width})
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is not touched
+        gen, critic = Generator(small), Critic(small)
         n = 2  # batch statistics need more than one value per channel; per clip is half of it
-        g_act = _leaf_outputs(gen, torch.zeros(n, model.z_dim))
-        c_act = _leaf_outputs(critic, torch.zeros(n, 3, model.frames, model.size, model.size))
+        g = _leaf_outputs(gen, torch.zeros(n, small.z_dim))
+        c = _leaf_outputs(critic, torch.zeros(n, 3, small.frames, small.size, small.size))
+    return g // n, c // n
+
+
+def footprint(model: ModelConfig) -> Footprint:
+    """Parameters and activations of ``model`` without building it: parameters counted exactly on networks built on
+    the ``meta`` device (no memory, no initialisation); activations measured in real forward passes at widths 1 and
+    2 and extrapolated to ``model.width`` (every layer's channels are a multiple of the width, or fixed: the count
+    is linear in it)."""
+    import torch
+
+    from vidgan.models import Critic, Generator
+
+    with torch.device("meta"), _skip_init():
+        gen, critic = Generator(model), Critic(model)
+    (g1, c1), (g2, c2) = _activations(model, 1), _activations(model, 2)
+    w = model.width
     return Footprint(sum(p.numel() for p in gen.parameters()), sum(p.numel() for p in critic.parameters()),
-                     g_act // n, c_act // n)
+                     g1 + (w - 1) * (g2 - g1), c1 + (w - 1) * (c2 - c1))
 
 
 def _proc_status_bytes(field: str) -> int:
