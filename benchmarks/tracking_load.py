@@ -97,7 +97,7 @@ def postgres(folder: Path) -> Iterator[str]:
     try:
         subprocess.run([*as_pg, str(PG_BIN / "createdb") if (PG_BIN / "createdb").exists() else "createdb",
                         "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], check=True, capture_output=True)
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"  # psycopg2: the [postgres] extra
     finally:
         subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)
@@ -115,7 +115,12 @@ def mlflow_server(store: str, folder: Path, workers: int) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health", 300, proc)
+        try:
+            wait_http(url + "/health", 600, proc)
+        except RuntimeError:
+            log.flush()
+            tail = (folder / "server.log").read_text(errors="replace").strip().splitlines()[-15:]
+            raise RuntimeError("mlflow server did not start; its log ends:\n" + "\n".join(tail)) from None
         yield url
     finally:
         stop(proc)
