@@ -214,15 +214,16 @@ def test_interrupted_commit_is_completed_not_redone(made: tuple[Path, Path], tmp
 
 def test_train_refuses_to_overwrite_or_ignore_flags(data: Path, tmp_path: Path) -> None:
     ck = new_checkpoint(tmp_path / "ck.pt")
+    ck2 = Path(shutil.copy(ck, tmp_path / "ck2.pt"))  # its own file: one `vidgan train` writes a checkpoint at a time
     before = ck.read_bytes()
     plain, conflict = cli_many(
         ["train", "--data", data, "--checkpoint", ck, *TRAIN],
-        ["train", "--data", data, "--checkpoint", ck, *TRAIN, "--resume", "--lr", "0.5", "--variant", "sn"],
+        ["train", "--data", data, "--checkpoint", ck2, *TRAIN, "--resume", "--lr", "0.5", "--variant", "sn"],
     )
     assert "--overwrite" in refused(plain, ck, "--resume")
-    line = refused(conflict, ck, "--lr", "--variant")
+    line = refused(conflict, ck2, "--lr", "--variant")
     assert "--batch-size" not in line and "--width" not in line  # given, but equal to the checkpoint's
-    assert ck.read_bytes() == before
+    assert ck.read_bytes() == before == ck2.read_bytes()
 
 
 # -------------------------------------------------------------------------- 3. shards verified before use
