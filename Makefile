@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (vidgan needs Python >= 3.11; CI and the cluster image use 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[sweep,cluster,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[sweep,cluster,postgres,dev]'
 	$(BIN)/pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 

@@ -31,14 +31,30 @@ TRAIN = ["--width", "4", "--batch-size", "2", "--n-critic", "1", "--iterations",
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def cli_many(*argvs: list[str]) -> list[subprocess.CompletedProcess]:
-    """Run ``python -m tune_jobs.main ARGV`` (``vidgan ARGV``) for each argv at once (processes overlap imports)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+def cli_many(*argvs: list[str], env: dict[str, str] | None = None, memory_gib: float | None = None,
+             timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """Run ``python -m tune_jobs.main ARGV`` (``vidgan ARGV``) for each argv at once (processes overlap their
+    imports); ``env`` adds to the environment; ``memory_gib`` caps each process's address space (a runaway
+    allocation fails, it cannot take the machine's memory)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})}
+    cap = None
+    if memory_gib is not None:
+        import resource
+
+        limit = int(memory_gib * 2**30)
+
+        def cap() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     procs = [subprocess.Popen([sys.executable, "-m", "tune_jobs.main", *map(str, a)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for a in argvs]
+                              stderr=subprocess.PIPE, text=True, env=env, preexec_fn=cap) for a in argvs]
     out = []
     for p, a in zip(procs, argvs, strict=True):
-        stdout, stderr = p.communicate(timeout=180)
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        finally:
+            if p.poll() is None:
+                p.kill()
         out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
     return out
 
@@ -110,16 +126,17 @@ class Evil:
 # ------------------------------------------------------------------------------ 1. ingest deletes nothing
 
 
-def test_ingest_refuses_shards_without_manifest(made: tuple[Path, Path], data: Path) -> None:
+def test_ingest_refuses_shards_without_manifest(made: tuple[Path, Path], data: Path, tmp_path: Path) -> None:
     src, _ = made
     (data / "manifest.json").unlink()  # a lost manifest, or a wrong --out
+    other = shutil.copytree(data, tmp_path / "other")  # its own folder: one ingest writes a folder at a time
     before = snapshot(data)
     good, typo = cli_many(["ingest", src, "--out", data, "--frames", 16, "--size", 32],
-                          ["ingest", src / "typo.mp4", "--out", data, "--frames", 16, "--size", 32])
-    for r in (good, typo):
-        line = refused(r, data, "shard-00000.parquet")
+                          ["ingest", src / "typo.mp4", "--out", other, "--frames", 16, "--size", 32])
+    for r, d in ((good, data), (typo, other)):
+        line = refused(r, d, "shard-00000.parquet")
         assert "nothing was deleted" in line
-    assert snapshot(data) == before
+    assert snapshot(data) == before == snapshot(other)
 
 
 def test_ingest_keeps_files_it_did_not_write(made: tuple[Path, Path], data: Path) -> None:
@@ -197,15 +214,16 @@ def test_interrupted_commit_is_completed_not_redone(made: tuple[Path, Path], tmp
 
 def test_train_refuses_to_overwrite_or_ignore_flags(data: Path, tmp_path: Path) -> None:
     ck = new_checkpoint(tmp_path / "ck.pt")
+    ck2 = Path(shutil.copy(ck, tmp_path / "ck2.pt"))  # its own file: one `vidgan train` writes a checkpoint at a time
     before = ck.read_bytes()
     plain, conflict = cli_many(
         ["train", "--data", data, "--checkpoint", ck, *TRAIN],
-        ["train", "--data", data, "--checkpoint", ck, *TRAIN, "--resume", "--lr", "0.5", "--variant", "sn"],
+        ["train", "--data", data, "--checkpoint", ck2, *TRAIN, "--resume", "--lr", "0.5", "--variant", "sn"],
     )
     assert "--overwrite" in refused(plain, ck, "--resume")
-    line = refused(conflict, ck, "--lr", "--variant")
+    line = refused(conflict, ck2, "--lr", "--variant")
     assert "--batch-size" not in line and "--width" not in line  # given, but equal to the checkpoint's
-    assert ck.read_bytes() == before
+    assert ck.read_bytes() == before == ck2.read_bytes()
 
 
 # -------------------------------------------------------------------------- 3. shards verified before use
@@ -526,3 +544,396 @@ def test_tracking_credentials_passed_as_mlflow_expects(tmp_path: Path, monkeypat
     params = tracking.flatten({"spec": spec_params(load_spec(_spec_file(tmp_path, f"http://alice:s3cr%40t@h:{port}")))})
     assert params["spec.mlflow.tracking_uri"] == f"http://h:{port}"
     assert not any(("s3cr" in v or "alice" in v or "hunter2" in v) for v in params.values()), params
+
+
+# ------------------------------------------------- 6. concurrent writers, bounded resources, the rest (#19)
+
+
+def _source_folder(root: Path, n: int, prefix: str, frames: int = 32) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_video(root / f"{prefix}{i}.mp4", frames=frames, width=40, height=32)
+    return root
+
+
+def test_one_ingest_per_out_folder(tmp_path: Path) -> None:
+    """#19 case 1: two ingests of different sources into one --out at once lose nothing: the second stops naming
+    the first (or runs after it), and running it again adds its sources."""
+    from vidgan.shards import verified
+
+    a, b = _source_folder(tmp_path / "a", 4, "a"), _source_folder(tmp_path / "b", 4, "b")
+    out = tmp_path / "out"
+    ingest_a, ingest_b = (["ingest", s, "--out", out, "--frames", 16, "--size", 32, "--shard-mb", 0.01]
+                          for s in (a, b))
+    results = cli_many(ingest_a, ingest_b)
+    for argv, r in zip((ingest_a, ingest_b), results, strict=True):
+        if r.returncode != 0:  # the other one held the folder: one line naming it, then it runs after
+            refused(r, out, "is being written by vidgan ingest (pid")
+            (again,) = cli_many(argv)
+            assert again.returncode == 0, again.stderr
+    m = read_manifest(str(out))
+    assert sorted(m["sources"]) == sorted([f"a{i}.mp4" for i in range(4)] + [f"b{i}.mp4" for i in range(4)])
+    assert m["totals"]["clips"] == 16 and len({s["file"] for s in m["shards"]}) == 8
+    verified(str(out))  # every listed shard whole, none overwritten by the other run
+    assert not list(out.glob(".*vidgan-lock"))
+
+    from vidgan.files import writer_lock
+
+    before = snapshot(out)
+    with writer_lock(out, folder=True, command="a test holding the folder"):  # the second writer, for certain
+        (held,) = cli_many(ingest_a)
+    line = refused(held, out, f"pid {os.getpid()}", "a test holding the folder")
+    assert "run this command again" in line and snapshot(out) == before
+
+
+def test_one_train_per_checkpoint(data: Path, tmp_path: Path) -> None:
+    """#19 case 2: two `vidgan train` on one new --checkpoint at once: exactly one trains it; the other stops with
+    one line (naming the holder, or the checkpoint it finds), and nothing is replaced without --overwrite."""
+    from vidgan.trainer import read_checkpoint
+
+    ck = tmp_path / "ck.pt"
+    runs = cli_many(*(["train", "--data", data, "--checkpoint", ck, *TRAIN, "--seed", seed] for seed in (1, 2)))
+    assert sorted(r.returncode for r in runs) == [0, 2], [(r.returncode, r.stderr) for r in runs]
+    winner = 1 if runs[0].returncode == 0 else 2
+    loser = runs[1] if winner == 1 else runs[0]
+    line = refused(loser, ck)
+    assert "is being written by vidgan train (pid" in line or "--overwrite" in line, line
+    assert read_checkpoint(ck)["config"]["train"]["seed"] == winner
+
+    from vidgan.files import writer_lock
+
+    fresh = tmp_path / "fresh.pt"
+    with writer_lock(fresh, command="a test holding the checkpoint"):  # the second writer, for certain
+        (held,) = cli_many(["train", "--data", data, "--checkpoint", fresh, *TRAIN])
+    refused(held, fresh, f"pid {os.getpid()}", "a test holding the checkpoint")
+    assert not fresh.exists()
+
+
+def _hollow_checkpoint(path: Path, **model: int) -> Path:
+    """A checkpoint of a few KB whose config asks for ``model`` (all inside the schema) and holds no weights."""
+    from vidgan.config import ModelConfig, TrainConfig
+    from vidgan.variants import get_variant
+
+    torch.save({"version": 1, "config": {"model": ModelConfig(**model).model_dump(),
+                                         "variant": get_variant("gp").model_dump(),
+                                         "train": TrainConfig(batch_size=64).model_dump()}}, path)
+    return path
+
+
+def test_models_that_would_not_fit_are_refused_before_allocating(data: Path, tmp_path: Path) -> None:
+    """#19 case 3: a 2 KB checkpoint (or a spec) asking for width 1024, z_dim 4096, 32x128x128 clips is refused in
+    one line with the estimate, before any allocation (each process is capped at 6 GiB, so the old behaviour, a
+    17 GB allocation, cannot take the machine's memory)."""
+    huge = {"width": 1024, "z_dim": 4096, "frames": 32, "size": 128}
+    ck = _hollow_checkpoint(tmp_path / "huge.pt", **huge)
+    assert ck.stat().st_size < 4096
+    spec = tmp_path / "huge.yaml"
+    spec.write_text(json.dumps({"name": "huge", "datasets": [{"name": "d", "path": str(data)}], "variants": ["gp"],
+                                "model": huge, "train": {"batch_size": 64}, "storage_path": str(tmp_path / "runs"),
+                                "eval": {"every": 1, "n_real": 2, "n_fake": 2, "frames": 9},
+                                "scheduler": {"max_t": 2}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}}))
+    t = time.perf_counter()
+    train, fvd, sweep = cli_many(["train", "--data", data, "--checkpoint", ck, "--resume", "--device", "cpu"],
+                                 ["fvd", "--real", data, "--checkpoint", ck, "--n", 2, "--frames", 9],
+                                 ["sweep", spec, "--check"], memory_gib=6)
+    for r, words in ((train, (ck, "GiB for training")), (fvd, (ck, "GiB for sampling")),
+                     (sweep, ("sweep huge: model", "GiB for training"))):
+        line = refused(r, *words, "would not fit", "7.1G + critic 2.8G parameters")
+        assert "refused before allocating" in line
+    assert time.perf_counter() - t < 90
+
+
+def test_timestamp_gap_is_bounded_by_frames_produced(tmp_path: Path) -> None:
+    """#19 case 4: a few-KB video with a 10^6 s timestamp gap, resampled to 25 fps, stops at --max-frames frames
+    produced (repeats included) instead of repeating one frame 25 million times (capped at 3 GiB here)."""
+    from videogen import write_gap_video
+
+    src = write_gap_video(tmp_path / "gap.mkv")
+    assert src.stat().st_size < 10_000
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    (r,) = cli_many(["ingest", src, "--out", out, "--fps", 25, "--max-frames", 100, "--frames", 16, "--size", 32],
+                    memory_gib=3, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    entry = read_manifest(str(out))["sources"]["gap.mkv"]
+    assert entry["status"] == "ok" and entry["clips"] == 100 // 16, entry
+    assert "cap of 100 frames" in entry["warning"]
+    assert time.perf_counter() - t < 60
+
+
+class _SilentMlflow(http.server.BaseHTTPRequestHandler):
+    """Answers /health, then never answers an API request (a hung server or its database)."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.path != "/health":
+            self.release.wait(300)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def do_POST(self) -> None:
+        self.release.wait(300)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_check_and_sweep_time_out_on_a_silent_tracking_server(data: Path, tmp_path: Path) -> None:
+    """#19 case 5: a tracking server that answers /health and then goes silent: `--check` and the sweep end with
+    one line within the timeout (VIDGAN_TRACKING_TIMEOUT_S, 3 s here) instead of hanging in MLflow's retries."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SilentMlflow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        spec = tmp_path / "s.yaml"
+        spec.write_text(json.dumps({
+            "name": "s", "datasets": [{"name": "d", "path": str(data)}], "variants": ["gp"],
+            "model": {"frames": 16, "size": 32}, "train": {"batch_size": 2}, "storage_path": str(tmp_path / "runs"),
+            "eval": {"every": 1, "n_real": 2, "n_fake": 2, "frames": 9}, "scheduler": {"max_t": 2},
+            "mlflow": {"tracking_uri": f"http://127.0.0.1:{port}"}}))
+        t = time.perf_counter()
+        (check,) = cli_many(["sweep", spec, "--check"], env={"VIDGAN_TRACKING_TIMEOUT_S": "3"}, timeout=100)
+        refused(check, f"http://127.0.0.1:{port}", "did not answer an API request", "within 3 s")  # a sweep: the same
+        assert time.perf_counter() - t < 60
+    finally:
+        _SilentMlflow.release.set()
+        server.shutdown()
+
+
+def test_credentials_with_any_characters_never_printed(tmp_path: Path) -> None:
+    """#19 case 6: a password holding "/" or "#" (AWS secret keys hold "/") in a URI's userinfo is never printed,
+    also where it makes the URI ill-formed."""
+    import socket
+
+    from vidgan.files import split_userinfo
+
+    assert split_userinfo("http://alice:hun/ter#2@h:5000") == ("http://h:5000", "alice", "hun/ter#2")
+    assert split_userinfo("s3://AKID:se/cr+et@bucket/clips") == ("s3://bucket/clips", "AKID", "se/cr+et")
+    assert split_userinfo("s3://bucket/dir/a@b.parquet") == ("s3://bucket/dir/a@b.parquet", None, None)
+    assert split_userinfo("http://h:5000/x@y") == ("http://h:5000/x@y", None, None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = _spec_file(tmp_path, f"http://alice:hun/ter#2@127.0.0.1:{port}")
+    raw = json.loads(spec.read_text())
+    raw["datasets"][0]["path"] = "s3://AKID:se/cr+et@bucket/clips"
+    spec.write_text(json.dumps(raw))
+    (r,) = cli_many(["sweep", spec])  # `--check` goes the same way
+    refused(r, f"http://127.0.0.1:{port}", "unreachable")
+    for secret in ("hun", "ter#2", "alice", "se/cr", "cr+et"):
+        assert secret not in r.stderr + r.stdout, (secret, r.stderr)
+
+
+def _unshare_ok() -> bool:
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def test_full_disk_during_a_save_is_one_line(data: Path, tmp_path: Path) -> None:
+    """#19 case 7: the disk fills during a checkpoint save (a 4 MiB tmpfs, filled, in a private mount namespace;
+    without user namespaces, a file-size limit fails the write the same way): one line saying what was kept and
+    how to go on; the previous checkpoint is intact and no temporary file is left."""
+    ck = new_checkpoint(tmp_path / "ck.pt")
+    disk, report = tmp_path / "disk", tmp_path / "report"
+    disk.mkdir()
+    report.mkdir()
+    argv = [sys.executable, "-m", "vidgan.cli", "train", "--data", str(data), "--checkpoint", str(disk / "ck.pt"),
+            "--resume", *TRAIN[:-3], "2", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if _unshare_ok():
+        script = (f'mount -t tmpfs -o size=4m tmpfs "{disk}" && cp "{ck}" "{disk}/ck.pt" '
+                  f'&& (dd if=/dev/zero of="{disk}/fill" bs=64k 2>/dev/null || true) '
+                  f'&& "$@" 2>"{report}/err"; echo $? >"{report}/rc"; '
+                  f'cp "{disk}/ck.pt" "{report}/ck.pt"; ls -a "{disk}" >"{report}/ls"')
+        subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", *argv],
+                       env=env, timeout=300, check=True)
+        err, rc = (report / "err").read_text(), int((report / "rc").read_text())
+        left = (report / "ls").read_text().split()
+        assert "the disk is full" in err, err
+    else:
+        import resource
+        import shutil as sh
+
+        sh.copy(ck, disk / "ck.pt")
+        limit = ck.stat().st_size // 2
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        err, rc, left = p.stderr, p.returncode, os.listdir(disk)
+        sh.copy(disk / "ck.pt", report / "ck.pt")
+    line = refused(subprocess.CompletedProcess(argv, rc, "", err), disk / "ck.pt", "could not save checkpoint",
+                   "at iteration 2", "(iteration 0) is kept", "--resume")
+    assert "unexpected pos" not in line
+    assert (report / "ck.pt").read_bytes() == ck.read_bytes()
+    assert not [n for n in left if n.endswith(".vidgan-tmp")], left
+
+
+def test_ctrl_c_during_ingest_is_one_line_and_resumes(tmp_path: Path) -> None:
+    """#19 case 7: Ctrl-C in the middle of `vidgan ingest`: one line saying what was kept and how to resume, no
+    traceback; the same command again decodes only the rest."""
+    import signal
+
+    src = tmp_path / "src"
+    _source_folder(src, 2, "a")
+    write_video(src / "b_long.mp4", frames=1500, width=32, height=32)  # the ingest is inside it when Ctrl-C comes
+    write_video(src / "c.mp4", frames=32, width=40, height=32)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "vidgan.cli", "ingest", str(src), "--out", str(out), "--frames", "16",
+            "--size", "32", "--shard-mb", "0.01", "--parallel", "local"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if len(json.loads((out / "manifest.json").read_text())["shards"]) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 130, (p.returncode, stderr)
+    line = [x for x in stderr.splitlines() if "source(s) to decode" not in x]
+    assert "Traceback" not in stderr and len(line) == 1, stderr
+    assert "interrupted" in line[0] and "keeps 2 whole shard(s)" in line[0] and "run the same command again" in line[0]
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "2 already in the manifest" in again.stderr, again.stderr
+    assert sorted(read_manifest(str(out))["sources"]) == ["a0.mp4", "a1.mp4", "b_long.mp4", "c.mp4"]
+
+
+def test_storage_path_checked_and_failed_start_marks_parent_failed(data: Path, tmp_path: Path) -> None:
+    """#19 case 8: `--check` refuses a storage_path it cannot create (a file, a path under a file); a sweep that fails
+    to start after opening its MLflow parent run marks it FAILED with the reason."""
+    from mlflow import MlflowClient
+
+    from tune_jobs import sweep, tracking
+    from tune_jobs.spec import SpecError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps({
+        "name": "s", "datasets": [{"name": "d", "path": str(data)}], "variants": ["gp"],
+        "model": {"frames": 16, "size": 32}, "train": {"batch_size": 2}, "storage_path": str(blocker),
+        "eval": {"every": 1, "n_real": 2, "n_fake": 2, "frames": 9}, "scheduler": {"max_t": 2},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
+    (check,) = cli_many(["sweep", spec, "--check"])
+    refused(check, f"storage_path {blocker}", "is a file")
+    with pytest.raises(SpecError, match=f"storage_path {blocker}/runs cannot be created: {blocker} is a file"):
+        sweep.check_storage(str(blocker / "runs"))
+    sweep.check_storage(str(tmp_path / "new" / "runs"))  # a folder it can make: fine, and not made by the check
+    assert not (tmp_path / "new").exists()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri, "s")
+    parent = tracking.start_parent_run(uri, experiment, "s-1")
+    with pytest.raises(OSError), sweep.parent_failed_on_error(uri, parent):
+        sweep._write_state(str(blocker / "s-1"), {"parent_run_id": parent})  # what a sweep writes first
+    run = MlflowClient(uri).get_run(parent)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.TAG_END] == "failed" and "a-file" in run.data.tags[tracking.TAG_REASON]
+
+
+def test_stale_temp_files_removed_by_the_next_owner(data: Path, tmp_path: Path) -> None:
+    """#19 case 9: a run killed mid-save leaves `.ck.pt.<random>.vidgan-tmp`; the next run that writes ck.pt (it holds
+    ck.pt's lock, so nobody else is writing them) removes them, and nothing else."""
+    ck = tmp_path / "ck.pt"
+    stale = tmp_path / ".ck.pt.k1ll3d00.vidgan-tmp"
+    stale.write_bytes(b"\0" * (5 << 20))  # what a save SIGKILLed half-way leaves
+    others = {".other.pt.k1ll3d00.vidgan-tmp": b"another checkpoint's", ".ck.pt.notes": b"mine", "ck.pt.tmp": b"mine"}
+    for name, content in others.items():
+        (tmp_path / name).write_bytes(content)
+    (r,) = cli_many(["train", "--data", data, "--checkpoint", ck, *TRAIN])
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and ck.is_file()
+    assert all((tmp_path / n).read_bytes() == c for n, c in others.items())
+    assert not list(tmp_path.glob(".*vidgan-lock"))
+
+
+def test_reingest_verifies_listed_shards_by_hash(made: tuple[Path, Path], data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """#19 case 10: a listed shard altered in place (same size) is caught when the ingest resumes."""
+    from vidgan.ingest import IngestError
+
+    monkeypatch.setenv("VIDGAN_CACHE", str(tmp_path / "cache"))
+    src, _ = made
+    shard = data / "shard-00001.parquet"
+    flip(shard, shard.stat().st_size // 2)
+    before = snapshot(data)
+    with pytest.raises(IngestError, match="shard-00001.parquet: sha256 differs.*nothing was changed"):
+        ingest([str(src)], data, CFG)
+    assert snapshot(data) == before
+
+
+def test_cached_real_statistics_need_verified_shards(data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """#19 case 10: FVD's cached real statistics stand for the shards their manifest lists: a damaged real shard is
+    noticed also when the cache answers (before: the cache was used and the shard never read)."""
+    import numpy as np
+
+    from vidgan.fvd import stats
+    from vidgan.fvd.weights import WEIGHTS_SHA256
+    from vidgan.shards import ShardError, describe
+
+    monkeypatch.setenv("VIDGAN_CACHE", str(tmp_path / "cache"))
+    meta = {"manifest_sha256": describe(str(data)).manifest_sha256, "frames": 9, "n": 2,
+            "weights_sha256": WEIGHTS_SHA256, "features": stats.FEATURE_TAG}
+    feats = np.random.default_rng(0).normal(size=(2, 400))
+    path = Path(stats.stats_location(str(data), 2, 9))
+    path.parent.mkdir()
+    np.savez(path, features=feats, mu=feats.mean(0), sigma=np.cov(feats, rowvar=False),
+             meta=np.array(json.dumps(meta, sort_keys=True)))
+    assert np.array_equal(stats.real_features(str(data), 2, 9), feats)  # the cache answers for intact shards
+    flip(data / "shard-00000.parquet", (data / "shard-00000.parquet").stat().st_size // 2)
+    with pytest.raises(ShardError, match="shard-00000.parquet.*sha256"):
+        stats.real_features(str(data), 2, 9)
+
+
+def test_verified_stamps_writable_by_others_are_ignored(data: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """#19 case 10: whoever can write $VIDGAN_CACHE could vouch for a shard they altered by creating its stamp; a
+    stamp counts only when this user owns it and nobody else can write it or its folders (else a warning and a
+    hash)."""
+    from vidgan import shards
+
+    monkeypatch.setenv("VIDGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shards, "_VERIFIED", set())
+    monkeypatch.setattr(shards, "_UNTRUSTED", set(), raising=False)
+    shards.verified(str(data))
+    stamp_root = tmp_path / "cache" / shards.STAMP_DIR
+    assert all(p.stat().st_mode & 0o777 == 0o755 for p in (stamp_root, *stamp_root.iterdir()))  # whatever the umask
+
+    shard = data / "shard-00001.parquet"
+    entry = json.loads((data / "manifest.json").read_text())["shards"][1]
+    flip(shard, shard.stat().st_size // 2)  # altered in place, same size
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    forged = shards._stamp_file(shards._stamp(fs, str(shard), fs.get_file_info(str(shard)), entry["sha256"]))
+    for how in ("file", "folder"):
+        monkeypatch.setattr(shards, "_VERIFIED", set())  # a new process: only the stamp files speak
+        forged.parent.mkdir(parents=True, exist_ok=True)
+        forged.touch()
+        if how == "file":
+            forged.chmod(0o666)  # anyone may have made it
+        else:
+            forged.chmod(0o644)
+            forged.parent.chmod(0o777)  # anyone may add stamps to this folder
+        with caplog.at_level("WARNING", logger="vidgan.shards"), \
+                pytest.raises(shards.ShardError, match="shard-00001.parquet.*sha256"):
+            shards.verified(str(data))
+        assert "writable by others" in caplog.text
+        forged.parent.chmod(0o755)
+        monkeypatch.setattr(shards, "_UNTRUSTED", set(), raising=False)
+        caplog.clear()
+    forged.chmod(0o644)
+    monkeypatch.setattr(shards, "_VERIFIED", set())
+    shards.verified(str(data))  # the same stamp, this user's alone: trusted (what the check exists to allow)

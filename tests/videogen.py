@@ -72,3 +72,26 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+def write_gap_video(path: Path, frames: int = 40, gap_s: float = 10**6, fps: int = 25, width: int = 32,
+                    height: int = 32) -> Path:
+    """A .mkv whose second half is stamped ``gap_s`` seconds after its first (a hostile timestamp gap): resampling
+    it to ``fps`` would repeat one frame ``gap_s * fps`` times. A few KB."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"bf": "0"}
+
+        def mux(packets: list) -> None:
+            for pkt in packets:
+                if pkt.pts is not None and pkt.pts * pkt.time_base >= Fraction(frames // 2, fps):
+                    shift = int(gap_s / pkt.time_base)
+                    pkt.pts += shift
+                    pkt.dts += shift
+                c.mux(pkt)
+
+        for i in range(frames):
+            mux(s.encode(av.VideoFrame.from_ndarray(frame_pattern(i, width, height), format="rgb24")))
+        mux(s.encode())
+    return path

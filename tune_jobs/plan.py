@@ -83,6 +83,27 @@ def _dataset_lines(spec: SweepSpec, clips: dict[str, int]) -> list[str]:
     return lines
 
 
+def _model_line(spec: SweepSpec, address: str | None) -> str:
+    """The model's size and the memory a trial needs to train it (:mod:`vidgan.budget`); SpecError when it cannot
+    fit one trial's device. Checked here for a local sweep (a cluster's nodes are not known before it starts)."""
+    from vidgan import budget
+
+    m, batch = spec.model, spec.train.batch_size
+    fp = budget.footprint(m)
+    need = fp.training_bytes(batch)
+    if address is None:
+        import torch
+
+        gpu = spec.resources.gpu
+        device = "cuda" if gpu != 0 and torch.cuda.is_available() else "cpu"
+        try:
+            budget.check_fits(m, batch, device, "training", f"sweep {spec.name}: model")
+        except budget.ModelTooLarge as exc:
+            raise SpecError(str(exc)) from None
+    return (f"model: {budget.describe(fp)}, about {need / budget.GIB:.2f} GiB per trial to train at batch {batch} "
+            "(estimate)")
+
+
 def _tracking(spec: SweepSpec) -> str:
     """The MLflow URI, checked; a SQLite store that does not exist yet only needs a writable folder."""
     from tune_jobs import tracking
@@ -101,11 +122,14 @@ def check(spec_or_path: SweepSpec | str | os.PathLike, address: str | None = Non
     """Validate everything a sweep needs short of starting Ray (an ``address`` must answer); return the spec
     and the plan's lines."""
     from tune_jobs import explore
-    from tune_jobs.sweep import prepare_datasets
+    from tune_jobs.sweep import check_storage, prepare_datasets
 
     spec = spec_or_path if isinstance(spec_or_path, SweepSpec) else load_spec(spec_or_path)
     if spec.search is not None and (len(spec.datasets) != 1 or len(spec.seeds) != 1):
         raise SpecError("a search sweep takes one dataset and one seed")
+    storage_path = spec.storage_path or str(Path("results").resolve())
+    check_storage(storage_path)
+    model = _model_line(spec, address)  # a model that cannot fit is refused before the data are read
     uri = _tracking(spec)
     clips = prepare_datasets(spec, build_samples=False)
     if address is not None:
@@ -132,8 +156,8 @@ def check(spec_or_path: SweepSpec | str | os.PathLike, address: str | None = Non
             f"Optuna: study {spec.search.study_name or '<sweep name>'} in {storage or 'memory'}"
             + (f", {points} trial(s) from points_to_evaluate first" if points else "")
         )
+    lines.append(model)
     lines.append(f"MLflow: {uri}, experiment {spec.mlflow.experiment}")
-    storage_path = spec.storage_path or str(Path("results").resolve())
     lines.append(f"Tune results and checkpoints: {storage_path}")
     py = ".".join(map(str, sys.version_info[:3]))
     where = "every node's Python minor is checked against it at start" if address else "local Ray"

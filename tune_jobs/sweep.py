@@ -11,6 +11,7 @@ Nothing is launched until every check has passed. An interrupted sweep resumes w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -18,7 +19,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
 from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
 from vidgan import shards
+from vidgan.errors import one_line
 from vidgan.files import atomic_write_fs, join_uri, resolve_fs
 
 log = logging.getLogger(__name__)
@@ -115,9 +117,13 @@ def prepare_real_statistics(spec: SweepSpec) -> None:
     ev = spec.eval
     gpu = 1 if spec.resources.gpu > 0 else 0
 
+    stamps = shards.verified_stamps()  # the shards the driver hashed are not hashed again on the task's node
+
     def compute(path: str) -> Any:
         """A streaming task: yields clip counts as the I3D pass goes, the features' shape last."""
         import torch
+
+        shards.trust(stamps)
 
         # a node whose GPUs are only logical (the local rehearsal) falls back to the CPU
         device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
@@ -216,6 +222,47 @@ def _scheduler(spec: SweepSpec) -> Any:
 
 def _storage(spec: SweepSpec) -> str:
     return spec.storage_path or str(Path("results").resolve())
+
+
+def check_storage(storage: str) -> None:
+    """Refuse (SpecError) a local ``storage_path`` that is not a folder and cannot be made one: a file, a path
+    under a file, or under a folder this user cannot write. Nothing is created. URIs (``s3://``) are left to
+    the sweep: checking them needs their credentials and network."""
+    if "://" in storage and not storage.startswith("file://"):
+        return
+    path = Path(storage.removeprefix("file://")).expanduser().absolute()
+    where = f"storage_path {storage}"
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{where} is a file, not a folder: name a folder for Tune's results and checkpoints")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(f"{where} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        verb = "is" if existing == path else "cannot be created:"
+        raise SpecError(f"{where} {verb} not writable ({existing} is not writable by this user)")
+
+
+@contextlib.contextmanager
+def parent_failed_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
+    """Mark the sweep's MLflow parent run FAILED with the reason (KILLED for Ctrl-C) when the ``with`` body
+    raises, e.g. a sweep that fails to start after its parent run was opened; the exception goes on."""
+    try:
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        reason = "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {one_line(exc)}"
+        try:
+            parent = tracking.Tracker(uri, parent_run_id)
+            parent.set_tags({tracking.TAG_END: "interrupted" if interrupted else "failed", tracking.TAG_REASON: reason})
+            parent.describe(f"Sweep {'interrupted' if interrupted else 'failed'}: {reason}"
+                            + ("\n\n`vidgan sweep SPEC --resume` continues it." if interrupted else ""))
+            parent.finish("KILLED" if interrupted else "FAILED")
+        except Exception as mark:  # noqa: BLE001 - the original error is the one to report
+            log.warning("could not mark the MLflow parent run %s %s: %s", parent_run_id,
+                        "KILLED" if interrupted else "FAILED", one_line(mark))
+        raise
 
 
 def _write_state(path: str, state: dict[str, Any]) -> None:
@@ -353,6 +400,7 @@ def run_sweep(
     uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
     tracking.check_tracking(uri)
     storage = _storage(spec)
+    check_storage(storage)
     if resume:
         name = name or _latest_sweep(storage, spec.name + "-")
         if not name:
@@ -368,7 +416,6 @@ def run_sweep(
     prepare_datasets(spec)
 
     import ray
-    from ray import tune
 
     if not ray.is_initialized():
         try:
@@ -396,11 +443,22 @@ def run_sweep(
         if overrides:
             tags[TAG_OVERRIDES] = " ".join(overrides)[:5000]
         parent = tracking.start_parent_run(uri, experiment_id, name, tags=tags)
-        tracker = tracking.Tracker(uri, parent)
-        view = tracking.share_trials_view(uri, experiment_id, parent, name, spec.eval.every)
-        log_sweep_start(tracker, spec, name, view)
-        state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
-        _write_state(exp_path, state)
+        with parent_failed_on_error(uri, parent):
+            tracker = tracking.Tracker(uri, parent)
+            view = tracking.share_trials_view(uri, experiment_id, parent, name, spec.eval.every)
+            log_sweep_start(tracker, spec, name, view)
+            state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
+            _write_state(exp_path, state)
+    parent = state["parent_run_id"]
+    with parent_failed_on_error(uri, parent):
+        return _run_tune(spec, state, uri, experiment_id, exp_path, storage, name, resume, verbose)
+
+
+def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: str, exp_path: str, storage: str,
+              name: str, resume: bool, verbose: int) -> SweepOutcome:
+    """The Tune part of :func:`run_sweep`, once the parent run is open."""
+    from ray import tune
+
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                        auth_env=tracking.auth_env(), verified_shards=shards.verified_stamps())

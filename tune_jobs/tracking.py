@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -119,8 +120,15 @@ def auth_env() -> dict[str, str]:
     return {k: os.environ[k] for k in AUTH_ENV if os.environ.get(k)}
 
 
-def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with a clear error when the store is unreachable (before any trial starts)."""
+#: how long ``check_tracking`` waits for the store to answer an API request (a server can answer /health and
+#: then hang: MLflow's own client would block for minutes in its retries); ``VIDGAN_TRACKING_TIMEOUT_S`` overrides
+API_TIMEOUT_S = 20.0
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None = None) -> None:
+    """Fail fast with a clear error when the store is unreachable (before any trial starts): /health within
+    ``timeout_s``, then one API request (a search for one experiment) within ``api_timeout_s`` (default
+    :data:`API_TIMEOUT_S`)."""
     shown = redact_uri(uri)
     if uri.startswith(("http://", "https://")):
         request = urllib.request.Request(shown.rstrip("/") + "/health")
@@ -139,15 +147,37 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise TrackingUnavailable(f"MLflow tracking server {shown} is unreachable: {reason}") from None
+        except ValueError as exc:  # http.client.InvalidURL: its text may quote the URI, shown instead
+            detail = type(exc).__name__
+            raise TrackingUnavailable(f"MLflow tracking URI {shown} is not a valid URL ({detail})") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingUnavailable(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
-    try:
-        retry(lambda: MlflowClient(uri).search_experiments(max_results=1), attempts=2)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
-        detail = " ".join(str(exc).split())[:300].replace(uri, shown)
-        raise TrackingUnavailable(f"MLflow tracking store {shown} is not usable: {detail}") from None
+    if api_timeout_s is None:
+        api_timeout_s = float(os.environ.get("VIDGAN_TRACKING_TIMEOUT_S") or API_TIMEOUT_S)
+    outcome: list[BaseException | None] = []
+
+    def search() -> None:
+        try:
+            retry(lambda: MlflowClient(uri).search_experiments(max_results=1), attempts=2)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
+            outcome.append(exc)
+
+    # a daemon thread: a request that never returns is left behind, not waited for
+    worker = threading.Thread(target=search, name="vidgan-check-tracking", daemon=True)
+    worker.start()
+    worker.join(api_timeout_s)
+    if not outcome:
+        raise TrackingUnavailable(
+            f"MLflow tracking store {shown} did not answer an API request (search experiments) within "
+            f"{api_timeout_s:g} s{' although /health answered' if uri.startswith(('http://', 'https://')) else ''}: "
+            "the server is overloaded or hung; check it (and its database), then run again"
+        )
+    if outcome[0] is not None:
+        detail = " ".join(str(outcome[0]).split())[:300].replace(uri, shown)
+        raise TrackingUnavailable(f"MLflow tracking store {shown} is not usable: {detail}")
 
 
 def retry(fn: Callable[[], T], attempts: int = 6, delay_s: float = 0.2) -> T:

@@ -5,16 +5,28 @@ state) goes through :func:`atomic_write` (local) or :func:`atomic_write_fs` (any
 readers see the old file or the new one, never half of one. Temporary files are named
 ``.<name>.<random>.vidgan-tmp`` in the target's folder, so :func:`is_own_temp` tells ours apart from
 anything a user put there.
+
+One writer at a time: :func:`writer_lock` claims a file or folder (an ``flock`` on ``.<name>.vidgan-lock``
+beside it, or ``.vidgan-lock`` inside a folder) for the whole run that writes it. A second writer stops with
+:class:`WriterBusy`, whose message names the holder (pid, host, command, since when); a killed holder's
+claim ends with its process. Whoever holds the claim may remove the target's temporary files that a killed
+run left (:func:`remove_stale_temps`): no live vidgan process is writing them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import fcntl
 import hashlib
+import json
 import os
+import re
+import socket
+import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -22,6 +34,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 TMP_SUFFIX = ".vidgan-tmp"
+LOCK_SUFFIX = ".vidgan-lock"
 CACHE_ENV = "VIDGAN_CACHE"
 
 
@@ -45,7 +58,89 @@ def is_own_temp(name: str, target: str | None = None) -> bool:
     """Whether ``name`` is a temporary file :func:`atomic_write` made (for ``target``, when given)."""
     if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
         return False
-    return target is None or name.startswith(f".{target}.")
+    if target is None:
+        return True
+    # ".<target>.<random>.vidgan-tmp" with a random part free of dots: ".ck.pt.x.vidgan-tmp" is ck.pt's, not ck's
+    middle = name[len(target) + 2 : -len(TMP_SUFFIX)]
+    return name.startswith(f".{target}.") and bool(middle) and "." not in middle
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], target: str) -> list[str]:
+    """Remove the temporary files of ``target`` (:func:`is_own_temp`) that a killed run left in ``folder``;
+    return their names. Only for the holder of ``target``'s :func:`writer_lock`: nobody else writes them."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if is_own_temp(entry.name, target) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return sorted(removed)
+
+
+class WriterBusy(OSError):
+    """Another process holds the :func:`writer_lock` of a file or folder; the message names it."""
+
+
+def lock_path(target: str | os.PathLike[str], folder: bool = False) -> Path:
+    """The lock file of ``target``: ``<target>/.vidgan-lock`` for a folder, ``.<name>.vidgan-lock`` beside a file."""
+    target = Path(target)
+    return target / LOCK_SUFFIX if folder else target.parent / f".{target.name}{LOCK_SUFFIX}"
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from what its holder wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return (f"{info['command']} (pid {int(info['pid'])} on {info['host']}, since {info['since']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not said which yet)"
+
+
+@contextlib.contextmanager
+def writer_lock(target: str | os.PathLike[str], folder: bool = False, command: str | None = None,
+                advice: str = "wait for it to finish, then run this again") -> Iterator[Path]:
+    """Hold the exclusive right to write ``target`` (a file, or with ``folder`` a folder, created if missing)
+    for the ``with`` body; yield the lock file. :class:`WriterBusy` at once when another process holds it,
+    naming the holder; ``advice`` ends that message.
+
+    The claim is an ``flock`` on :func:`lock_path`, which the kernel drops when the holder exits, however it
+    exits. The holder writes its pid, host, command and start time into the file, and removes the file when
+    done (a process that opened the file before the removal notices it holds a removed file and opens anew).
+    """
+    path = lock_path(target, folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot claim {target} for writing: its lock file {path} cannot be created "
+                          f"({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise WriterBusy(f"{target} is being written by {holder}: {advice}") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its previous holder removed it between our open and our lock: take the new one
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "command": command or " ".join(["vidgan", *sys.argv[1:2]]),
+                "since": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+        with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, unnamed
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # still holding the lock: nobody can have taken it meanwhile
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,12 +207,27 @@ def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
 
     if "://" not in uri:
         return uri, None, None
+    scheme, rest = uri.split("://", 1)
+    end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))  # where the authority ends (RFC 3986)
+    if "@" not in rest[:end]:
+        # a password with an unencoded "/", "?" or "#" (AWS secret keys hold "/") ends the authority early:
+        # "user:pa/ss@host" reads as host "user", port "pa"; its userinfo runs to the first "@" followed by a host
+        user_part, colon, port = rest[:end].partition(":")
+        if not (colon and user_part and not port.isdigit()):
+            return uri, None, None
+        at = next((m.start() for m in _USERINFO_END.finditer(rest, end)), None)
+        if at is None:
+            return uri, None, None
+        user, _, password = rest[:at].partition(":")
+        return f"{scheme}://{rest[at + 1 :]}", unquote(user), unquote(password)
     parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri, None, None
     userinfo, host = parts.netloc.rsplit("@", 1)
     user, sep, password = userinfo.partition(":")
     return urlunsplit(parts._replace(netloc=host)), unquote(user), unquote(password) if sep else None
+
+
+#: an "@" followed by a host (and port) up to the end of the authority: where an unencoded userinfo ends
+_USERINFO_END = re.compile(r"@(?=[A-Za-z0-9._~\-\[\]:%]+(?:[/?#]|$))")
 
 
 def redact_uri(uri: str) -> str:

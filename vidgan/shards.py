@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from vidgan.files import cache_dir, join_uri, redact_uri, resolve_fs
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -174,10 +178,36 @@ def _stamp_file(stamp: str) -> Path:
     return cache_dir() / STAMP_DIR / stamp[:2] / stamp
 
 
+#: stamp folders found writable by others (warned about once per process)
+_UNTRUSTED: set[Path] = set()
+
+
+def _owned(path: Path) -> bool:
+    """Whether a stamp file (and the two folders holding it) is this user's and writable by nobody else: anyone
+    else who can create a stamp could vouch for a shard they altered. False (with one warning per folder) when
+    not; the shard is then hashed."""
+    for p in (path, path.parent, path.parent.parent):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return False
+        kind_ok = stat.S_ISREG(st.st_mode) if p is path else stat.S_ISDIR(st.st_mode)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not kind_ok:
+            if path.parent.parent not in _UNTRUSTED:
+                _UNTRUSTED.add(path.parent.parent)
+                log.warning("ignoring shard-verification stamps under %s: %s is %s; shards are hashed "
+                            "instead (make %s yours and not group/world-writable to use them)", path.parent.parent,
+                            p, "not this user's" if st.st_uid != os.getuid() else
+                            "writable by others" if st.st_mode & 0o022 else "not a plain file or folder",
+                            path.parent.parent)
+            return False
+    return True
+
+
 def _known(stamp: str) -> bool:
     if stamp in _VERIFIED:
         return True
-    if _stamp_file(stamp).is_file():
+    if _owned(_stamp_file(stamp)):
         _VERIFIED.add(stamp)
         return True
     return False
@@ -187,8 +217,13 @@ def _remember(stamp: str) -> None:
     _VERIFIED.add(stamp)
     path = _stamp_file(stamp)
     with contextlib.suppress(OSError):  # a read-only cache only costs a hash in the next process
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()  # empty: its name is the whole stamp
+        for folder in (path.parent.parent, path.parent):
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o755)  # whatever the umask: only this user may add stamps (:func:`_owned`)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)
+        os.close(fd)  # empty: its name is the whole stamp
 
 
 def verify(shard_set: ShardSet) -> ShardSet:
@@ -196,7 +231,8 @@ def verify(shard_set: ShardSet) -> ShardSet:
 
     A shard is hashed once, not once per reader: its stamp (:func:`_stamp`: identity, size, times, expected
     sha256) is kept for this process and on this node (``$VIDGAN_CACHE/verified-shards``, shared by the
-    trials a node runs), and the sweep's driver hands its stamps to the trials (:func:`trust`), so trials of
+    trials a node runs; a stamp file counts only when this user owns it and nobody else can write it or its
+    folders), and the sweep's driver hands its stamps to the trials (:func:`trust`), so trials of
     a sweep over an object store do not download the dataset once more to hash it. Any rewrite of a shard
     changes its stamp and it is hashed again. Raises :class:`ShardError` naming the first shard that is
     missing, of another size or of another sha256, and :class:`ManifestError` when the manifest lists no
@@ -211,18 +247,24 @@ def verify(shard_set: ShardSet) -> ShardSet:
             size, digest = int(entry["bytes"]), str(entry["sha256"])
         except (KeyError, TypeError, ValueError):
             raise ManifestError(f"{shard_set.shown()}: entry {entry['file']} lacks its bytes or sha256") from None
-        info = fs.get_file_info(path)
-        if info.type != pafs.FileType.File:
-            raise ShardError(f"{shown} is missing (listed in the manifest)")
-        if info.size != size:
-            raise ShardError(f"{shown} has {info.size} bytes, the manifest says {size}: truncated or replaced")
-        stamp = _stamp(fs, path, info, digest)
-        if _known(stamp):
-            continue
-        if _sha256_fs(fs, path) != digest:
-            raise ShardError(f"{shown}: sha256 differs from the manifest: the shard is corrupt or was altered")
-        _remember(stamp)
+        verify_file(fs, path, size, digest, shown)
     return shard_set
+
+
+def verify_file(fs: pafs.FileSystem, path: str, size: int, digest: str, shown: str) -> None:
+    """Check one shard's size and sha256 (hashed once per version of the file, see :func:`verify`); raise
+    :class:`ShardError` naming it as ``shown`` when it is missing, of another size or of another sha256."""
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ShardError(f"{shown} is missing (listed in the manifest)")
+    if info.size != size:
+        raise ShardError(f"{shown} has {info.size} bytes, the manifest says {size}: truncated or replaced")
+    stamp = _stamp(fs, path, info, digest)
+    if _known(stamp):
+        return
+    if _sha256_fs(fs, path) != digest:
+        raise ShardError(f"{shown}: sha256 differs from the manifest: the shard is corrupt or was altered")
+    _remember(stamp)
 
 
 def verified_stamps() -> tuple[str, ...]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,10 +55,90 @@ def run(args: argparse.Namespace) -> int:
 
     from vidgan.errors import fail
 
+    run = Run()
     try:
-        return _run(args)
-    except (ValueError, OSError, pa.ArrowException) as e:  # ManifestError, ShardError, CheckpointError, ...
+        return _locked(args, run)
+    except (ValueError, OSError, pa.ArrowException) as e:  # ManifestError, ShardError, CheckpointError, WriterBusy
         return fail("train", e)
+    except KeyboardInterrupt:
+        print(f"vidgan train: interrupted{run.where()}: {run.kept()}", file=sys.stderr)
+        return 130
+
+
+class Run:
+    """How far a ``vidgan train`` got, for the line that ends it early (Ctrl-C, a failed save)."""
+
+    def __init__(self) -> None:
+        self.checkpoint: Path | None = None
+        self.trainer: Trainer | None = None
+        self.saved: int | None = None  # iteration of the checkpoint file as it is now (None: not ours, or none)
+
+    def where(self) -> str:
+        return f" at iteration {self.trainer.iteration}" if self.trainer is not None else ""
+
+    def kept(self) -> str:
+        ckpt = self.checkpoint
+        if ckpt is None:
+            return "no --checkpoint, nothing was kept"
+        if self.saved is not None and ckpt.is_file():
+            return (f"checkpoint {ckpt} (iteration {self.saved}) is kept: the same command with --resume "
+                    "continues from it")
+        if ckpt.is_file():
+            return f"checkpoint {ckpt} is as it was before this run"
+        return f"no checkpoint was written to {ckpt}"
+
+
+def _save(trainer: Trainer, ckpt: Path, run: Run) -> None:
+    """Save a checkpoint; a failure (a full disk) is one OSError saying what was kept and how to go on."""
+    import errno
+    import shutil
+
+    try:
+        trainer.save(ckpt)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as "RuntimeError: ... unexpected pos"
+        need = sum(t.numel() * t.element_size() for t in _tensors(trainer.state_dict()))
+        try:
+            free = shutil.disk_usage(ckpt.parent).free
+        except OSError:
+            free = None
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < need)
+        if full:
+            reason = (f"the disk is full ({(free or 0) / 2**20:.1f} MiB free in {ckpt.parent}, the checkpoint needs "
+                      f"about {need / 2**20:.1f} MiB)")
+        else:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise OSError(f"could not save checkpoint {ckpt} at iteration {trainer.iteration}: {reason}; "
+                      f"{run.kept()}") from None
+    run.saved = trainer.iteration
+
+
+def _tensors(value: object) -> list:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _locked(args: argparse.Namespace, run: Run) -> int:
+    """:func:`_run` holding the checkpoint's writer lock: one ``vidgan train`` per checkpoint at a time (a second
+    one stops naming the first), and the temporary files of a save that a killed run left are removed."""
+    from vidgan.files import remove_stale_temps, writer_lock
+
+    if not args.checkpoint:
+        return _run(args, run)
+    ckpt = run.checkpoint = Path(args.checkpoint)
+    advice = "wait for it to finish (or stop it), or train into another --checkpoint"
+    with writer_lock(ckpt, command="vidgan train", advice=advice):
+        stale = remove_stale_temps(ckpt.parent, ckpt.name)
+        if stale:
+            print(f"vidgan train: removed {len(stale)} temporary file(s) of an interrupted save of {ckpt}: "
+                  f"{', '.join(stale)}", file=sys.stderr)
+        return _run(args, run)
 
 
 def resume_conflicts(args: argparse.Namespace, trainer: Trainer) -> list[str]:
@@ -70,9 +152,7 @@ def resume_conflicts(args: argparse.Namespace, trainer: Trainer) -> list[str]:
             if given is not None and given != kept]
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def _run(args: argparse.Namespace, run: Run) -> int:
     from vidgan.config import ModelConfig, TrainConfig
     from vidgan.data import arrow_clip_batches, resume_seed
     from vidgan.errors import fail
@@ -102,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     from vidgan.trainer import Trainer, TrainingDiverged
 
     if resuming:
-        trainer = Trainer.load(ckpt, device=args.device)
+        trainer = run.trainer = Trainer.load(ckpt, device=args.device)
+        run.saved = trainer.iteration
         conflicts = resume_conflicts(args, trainer)
         if conflicts:
             raise UsageError(f"--resume of {ckpt}: {'; '.join(conflicts)}. Leave these flags out to continue "
@@ -112,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, checkpoint {ckpt} trains "
                              f"{kept.frames}x{kept.size}x{kept.size}")
     else:
-        trainer = Trainer(*configs, device=args.device)
+        trainer = run.trainer = Trainer(*configs, device=args.device)
     batches = arrow_clip_batches(args.data, trainer.train_cfg.batch_size, flip=True,
                                  seed=resume_seed(trainer.train_cfg.seed, trainer.iteration))
     while trainer.iteration < args.iterations:
@@ -123,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         if trainer.iteration % max(1, args.log_every) == 0 or trainer.iteration == args.iterations:
             print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}), flush=True)
         if ckpt is not None and args.save_every and trainer.iteration % args.save_every == 0:
-            trainer.save(ckpt)
-    if ckpt is not None:
-        trainer.save(ckpt)
+            _save(trainer, ckpt, run)
+    if ckpt is not None and run.saved != trainer.iteration:
+        _save(trainer, ckpt, run)
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vidgan.budget import ModelTooLarge, check_fits
 from vidgan.config import ModelConfig, TrainConfig
 from vidgan.ema import GeneratorEMA
 from vidgan.files import atomic_write
@@ -355,6 +356,8 @@ class Trainer:
         state = read_checkpoint(path)
         with _unfit(path):
             model, variant, train = configs_from_checkpoint(state)
+            on = torch.device(device) if device is not None else pick_device(train.device)
+            check_fits(model, train.batch_size, on, "training", f"checkpoint {path}")  # a 2 KB file can ask for 500 GiB
             trainer = cls(model, variant, train, device=device)
             trainer.load_state_dict(state)
         return trainer
@@ -407,7 +410,7 @@ def _unfit(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        if isinstance(e, CheckpointError):
+        if isinstance(e, CheckpointError | ModelTooLarge):
             raise
         detail = f"missing {e}" if isinstance(e, KeyError) else _first_line(e)
         raise CheckpointError(f"checkpoint {path} is not a usable vidgan checkpoint ({detail})") from None
@@ -430,6 +433,7 @@ def load_generator(
     state = read_checkpoint(path)
     with _unfit(path):
         model, _, _ = configs_from_checkpoint(state)
+        check_fits(model, 1, device, "sampling", f"checkpoint {path}")  # before allocating (vidgan.budget)
         gen = Generator(model)
         gen.load_state_dict(state["generator_ema" if ema and "generator_ema" in state else "generator"])
     return gen.to(device).eval(), model

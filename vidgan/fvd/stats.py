@@ -6,7 +6,10 @@ It is written to a temporary name and moved into place, so readers never see a p
 paths and pyarrow filesystem URIs (``s3://``, ``gs://``, ``file://``).
 
 Compute-once: whoever finds no cache takes an exclusive file lock and looks again before computing, so
-concurrent trials wait for the first one instead of computing twice. For local datasets the lock lives next
+concurrent trials wait for the first one instead of computing twice (and removes the cache's temporary files
+that a killed run left). The cache is keyed on the manifest's sha256, which covers every shard's sha256: the
+shards are verified (:func:`vidgan.shards.verify`, once per version of each file) before a cached answer is used,
+so a damaged real shard is noticed. For local datasets the lock lives next
 to the cache file; for remote URIs it is a local lock (``$VIDGAN_CACHE/locks``), which covers trials on one
 node: for multi-node sweeps precompute with ``vidgan fvd --stats SHARDS`` before launching.
 """
@@ -29,7 +32,7 @@ import pyarrow.fs as pafs
 import torch
 
 from .. import shards
-from ..files import atomic_write_fs, join_uri
+from ..files import atomic_write_fs, join_uri, remove_stale_temps
 from .distance import feature_stats
 from .features import extract_features, load_i3d
 from .i3d import MIN_FRAMES
@@ -115,6 +118,9 @@ def compute_once(fs: pafs.FileSystem, path: str, compute: Callable[[], dict[str,
         found = read_npz(fs, path)  # someone else may have finished while we waited
         if found is not None:
             return found
+        if isinstance(fs, pafs.LocalFileSystem):  # the lock's holder: temp files of the cache are a killed run's
+            folder, name = os.path.split(path)
+            remove_stale_temps(folder, name)
         arrays = compute()
         try:
             write_npz_atomic(fs, path, arrays)
@@ -147,8 +153,11 @@ def real_features(
         "features": FEATURE_TAG,
     }
 
+    # The cache is keyed on the manifest, which lists every shard's sha256: it stands for those shards only once
+    # they are verified, so they are (hashed once per version of each file), also when the cache answers.
+    shards.verify(shard_set)
+
     def compute() -> dict[str, np.ndarray]:
-        shards.verify(shard_set)  # the statistics are keyed on this manifest, which lists the verified sha256s
         model = load_i3d(device, weights_path)
         clips = (c[:, :frames] for c in shards.iter_clips(shard_set, limit=n))
         feats = extract_features(model, clips, batch_size, on_batch=on_clips)

@@ -61,9 +61,26 @@ def run(args: argparse.Namespace) -> int:
         from vidgan.errors import fail
 
         return fail("ingest", e)
+    except KeyboardInterrupt:
+        print(f"vidgan ingest: interrupted: {kept(args.out)}; run the same command again to resume (sources already "
+              "in the manifest are not decoded again)", file=sys.stderr)
+        return 130
     t = manifest["totals"]
     print(json.dumps({"out": args.out, **t}))
     skipped = {k: v["reason"] for k, v in manifest["sources"].items() if v["status"] == "skipped"}
     for k, reason in skipped.items():
         print(f"skipped {k}: {reason}", file=sys.stderr)
     return 0
+
+
+def kept(out: str) -> str:
+    """What an interrupted ingest left in ``out``, in words (from its manifest: only whole, listed shards count)."""
+    from pathlib import Path
+
+    try:
+        m = json.loads((Path(out) / "manifest.json").read_text())
+        t = m["totals"]
+        return (f"{out} keeps {t['shards']} whole shard(s) with {t['clips']} clips from {t['sources_ok']} source(s), "
+                "listed in its manifest.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no shard was completed in {out}"

@@ -4,7 +4,8 @@ JPEGs with Pillow, and any kind a package adds).
 :func:`decode_source` never raises for bad input: it returns a :class:`Decoded` whose ``error`` says
 why the source gave no clips (empty, unreadable, not a video, audio only, too short, too large, ...).
 Memory stays bounded by the caps in :class:`~vidgan.ingest.config.IngestConfig`: frames larger than
-``max_pixels`` are refused before decoding, and decoding stops after ``max_frames`` frames.
+``max_pixels`` are refused before decoding, and decoding stops after ``max_frames`` frames read or produced
+(resampling to ``--fps`` repeats a frame to fill a timestamp gap: those repeats count).
 This module is imported inside Ray tasks; it must not import Ray.
 """
 

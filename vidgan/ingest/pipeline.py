@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vidgan.files import TMP_SUFFIX, sha256_file
+import pyarrow.fs as pafs
+
+from vidgan.files import TMP_SUFFIX, sha256_file, writer_lock
 from vidgan.progress import progress
-from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION, check_shard_name
+from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION, ShardError, check_shard_name, verify_file
 
 from .config import IngestConfig
 from .decode import Decoded, decode_source
@@ -103,16 +105,23 @@ def _settle(out: Path, manifest: dict[str, Any]) -> str | None:
     """Check ``out`` against its manifest before resuming; return the name of a shard adopted from an
     interrupted commit (see :mod:`.writer`), if any.
 
-    Refuses (IngestError, nothing changed) when a listed shard is missing or of another size, or when a
+    Refuses (IngestError, nothing changed) when a listed shard is missing, of another size or of another sha256
+    (:func:`vidgan.shards.verify_file`: hashed once per version of the file), or when a
     ``shard-*.parquet`` file is not listed and is not provably the pending shard of an interrupted run.
     """
     damaged = []
+    fs = pafs.LocalFileSystem()
     for entry in manifest["shards"]:
         p = out / entry["file"]
         if not p.is_file():
             damaged.append(f"{entry['file']} is missing")
         elif p.stat().st_size != entry["bytes"]:
             damaged.append(f"{entry['file']} has {p.stat().st_size} bytes, the manifest says {entry['bytes']}")
+        else:  # same size: its sha256 (hashed once per version of the file, as readers do)
+            try:
+                verify_file(fs, os.path.abspath(p), entry["bytes"], str(entry["sha256"]), entry["file"])  # as readers
+            except ShardError:
+                damaged.append(f"{entry['file']}: sha256 differs from the manifest (altered or corrupt)")
     if damaged:
         raise IngestError(
             f"{out}: {'; '.join(damaged[:5])}{' ...' if len(damaged) > 5 else ''}. The dataset is damaged; nothing "
@@ -204,7 +213,9 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     return the manifest.
 
     Resumes: sources the manifest already lists are not decoded again. Raises :class:`IngestError`
-    when ``out`` is not writable, holds clips of another shape, or no clip exists after the run.
+    when ``out`` is not writable, holds clips of another shape, or no clip exists after the run, and
+    :class:`vidgan.files.WriterBusy` naming the other process when another ingest is writing ``out`` (one
+    writer per folder: :func:`vidgan.files.writer_lock`).
     """
     cfg = config or IngestConfig()
     out = Path(out)
@@ -212,6 +223,12 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     if not sources and not made:
         raise IngestError("no sources given")
     _prepare_out(out)
+    advice = "wait for it to finish, then run this command again: it adds its sources to the same dataset"
+    with writer_lock(out, folder=True, command="vidgan ingest", advice=advice):
+        return _ingest(sources, made, out, cfg)
+
+
+def _ingest(sources: list[str], made: list[SourceFile], out: Path, cfg: IngestConfig) -> dict[str, Any]:
     roots = [os.path.abspath(s) for s in sources] + sorted({s.path.split("/chunk=")[0] for s in made})
     manifest = _load_manifest(out, cfg, roots)
     adopted = _settle(out, manifest)

@@ -62,7 +62,10 @@ def video_frames(src: SourceFile, cfg: IngestConfig, out: Decoded) -> Iterator[n
                     t0 = t if t0 is None else t0
                     t -= t0
                     repeat = 0
-                    while next_t < t + half:
+                    while next_t < t + half:  # frames due by this one's time: a timestamp gap repeats it
+                        if emitted + repeat >= cfg.max_frames:  # the cap counts frames produced, repeats too
+                            out.warning = f"stopped at the cap of {cfg.max_frames} frames per source"
+                            break
                         repeat += 1
                         next_t += step
                     if repeat == 0:
