@@ -426,7 +426,8 @@ def run_sweep(
                 verbose=verbose,
             ),
         )
-    results = tuner.fit()
+    with tracking.OutageWatch(uri):  # one line when MLflow goes away, one when it is back
+        results = tuner.fit()
     return finish_sweep(spec, ctx, exp_path, results)
 
 
@@ -435,8 +436,10 @@ def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.Tr
     rows = []
     for result in results:
         config = result.config or {}
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
+        trial_id = _trial_id(result)
         df = result.metrics_dataframe
+        if df is not None and "iteration" in df:  # an evaluation recomputed after a restore counts once, the last
+            df = df.drop_duplicates("iteration", keep="last")
         run = runs.get(trial_id)
         tags = run.data.tags if run else {}
         trial = spec.trial(config)
@@ -480,8 +483,42 @@ def _best_checkpoint(result: Any, metric: str) -> Any:
     return min(scored, key=lambda x: x[0])[1] if scored else None
 
 
+def _trial_id(result: Any) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
+
+
+def deliver_spools(spec: SweepSpec, ctx: SweepContext, results: Any) -> int:
+    """Reconcile each trial's MLflow run with its last checkpoint (the source of truth): deliver what the
+    checkpoint's spool holds and the run lacks (the last evaluation of a trial Tune stopped, what a tracking
+    outage held back, what a run restored from an older MLflow backup misses). Creates the run of a trial that
+    never reached MLflow. Returns how many records were sent."""
+    from mlflow import MlflowClient
+
+    from tune_jobs import spool
+
+    client = MlflowClient(ctx.tracking_uri)
+    sent = 0
+    for result in results:
+        if result.checkpoint is None:
+            continue
+        trial = spec.trial(result.config or {})
+        trial_id = _trial_id(result)
+        run_id, _ = tracking.find_or_create_trial_run(
+            ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, run_name=f"{trial.run_name}-{trial_id}",
+            tags={tracking.TAG_SWEEP: ctx.sweep, tracking.TAG_VARIANT: trial.variant_name,
+                  tracking.TAG_DATASET: trial.dataset.name},
+        )
+        with result.checkpoint.as_directory() as folder:
+            if (Path(folder) / tracking.SPOOL_DIR).is_dir():
+                sent += spool.reconcile(client, run_id, Path(folder) / tracking.SPOOL_DIR)
+    return sent
+
+
 def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any) -> SweepOutcome:
     """Mark each trial's MLflow run with how it ended, log the best checkpoints, the table and the figure."""
+    sent = tracking.when_reachable(ctx.tracking_uri, lambda: deliver_spools(spec, ctx, results), "the sweep")
+    if sent:
+        log.info("delivered %d spooled tracking records from the trials' checkpoints to MLflow", sent)
     runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     rows = _rows(spec, results, runs)
     winner = next((r for r in report.sort_rows(rows) if not math.isnan(r.best_fvd)), None)

@@ -9,6 +9,7 @@ stop weak trials and FailureConfig uses to restart a crashed one where it left o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -41,11 +42,14 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     spec, trial = ctx.spec, ctx.spec.trial(config)
     shards.trust(ctx.verified_shards)  # what the driver hashed is not hashed again while it is unchanged
     torch.set_num_threads(spec.resources.threads or max(1, int(spec.resources.cpu)))
-    logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id())
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
+        # the spool (what MLflow is still owed) lives in the trial's folder and travels in its checkpoints
+        logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id(), folder=Path.cwd(), checkpoint=restored)
     limit_gpu_memory(spec.resources.gpu)  # a fractional GPU: cap this trial's share of its memory
     trainer = Trainer(spec.model, trial.variant, trial.train_config)
-    history = restore(trainer, tune.get_checkpoint())
-    logger.restored(checkpoint_owner(tune.get_checkpoint()), trainer.iteration)
+    history = restore(trainer, checkpoint)
+    logger.restored(checkpoint_owner(checkpoint), trainer.iteration)
     ev, max_t = spec.eval, spec.scheduler.max_t
     real = real_features(trial.dataset.path, ev.n_real, ev.frames, batch_size=ev.batch_size)
     evaluator = FVDEvaluator(
@@ -75,9 +79,12 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             logger.report(result, history, samples, Path(tmp))
             if trainer.iteration >= max_t:
                 logger.completed()
-            checkpoint = save_checkpoint(trainer, history, Path(tmp) / "checkpoint", owner=logger.trial_id)
+            folder = save_checkpoint(trainer, history, Path(tmp) / "checkpoint", owner=logger.trial_id)
+            spooled = logger.checkpointed(folder)
+            # after the last report Tune stops the trial: the driver delivers that checkpoint's spool
             tune.report({**result, "mlflow_run_id": logger.run_id},
-                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        logger.committed(spooled)  # Tune has the checkpoint: a restore never recomputes these records
     logger.finish()
 
 
