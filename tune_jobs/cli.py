@@ -85,7 +85,9 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
     from tune_jobs.report import TRIAL_ENDS
 
     counts = {s: sum(r.status == s for r in outcome.rows) for s in TRIAL_ENDS}
-    print(f"\nSweep {outcome.name}: {len(outcome.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    restarts = outcome.restart_line()
+    print(f"\nSweep {outcome.name}: {len(outcome.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + (f"; {restarts}" if restarts else ""))
     print(outcome.table)
     print(
         f"\nEarly stopping saved {outcome.iterations_saved:.0%} of the generator iterations of running every trial "

@@ -24,6 +24,7 @@ from typing import Any
 
 from tune_jobs import explore, report, runtime, tracking
 from tune_jobs.resources import trial_resources
+from tune_jobs.restarts import RestartLog, read_restarts, restart_sentence, restart_tags
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
 from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
@@ -46,6 +47,15 @@ class SweepOutcome:
     table: str  # the comparison over seeds, then the trials
     iterations_saved: float
     variants: list[report.VariantRow] = field(default_factory=list)
+    restarts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # trial id -> tune_jobs.restarts
+
+    def restart_line(self) -> str:
+        """The summary's count of restarts by cause ('' when there was none)."""
+        causes = [r["cause"] for rs in self.restarts.values() for r in rs]
+        if not causes:
+            return ""
+        by = ", ".join(f"{causes.count(c)} {c}" for c in dict.fromkeys(causes))
+        return f"{len(causes)} restart{'s' if len(causes) > 1 else ''} from checkpoints ({by})"
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -418,6 +428,7 @@ def run_sweep(
                 storage_path=storage,
                 stop={"iteration": spec.scheduler.max_t},
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                callbacks=[RestartLog()],  # one line per restart in this log; counted in the table and MLflow
                 checkpoint_config=tune.CheckpointConfig(
                     # PBT exploits a donor's latest checkpoint: keep more, so that none is deleted under it
                     num_to_keep=4 if spec.scheduler.type == "pbt" else 2,
@@ -521,6 +532,9 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         log.info("delivered %d spooled tracking records from the trials' checkpoints to MLflow", sent)
     runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     rows = _rows(spec, results, runs)
+    restarts = {row.trial_id: _restarts(result) for row, result in zip(rows, results, strict=True)}
+    for row in rows:
+        row.restarts = len(restarts[row.trial_id])
     winner = next((r for r in report.sort_rows(rows) if not math.isnan(r.best_fvd)), None)
     model_uri = ""
     for row, result in zip(rows, results, strict=True):
@@ -528,11 +542,12 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         if run is None:
             continue
         tracker = tracking.Tracker(ctx.tracking_uri, run.info.run_id)
-        tags = {tracking.TAG_END: row.status}
+        tags = {tracking.TAG_END: row.status, **restart_tags(restarts[row.trial_id])}
         if row.reason:
             tags[tracking.TAG_REASON] = row.reason
         tracker.set_tags(tags)
-        tracker.describe(report.describe_row(row))
+        sentence = restart_sentence(restarts[row.trial_id])
+        tracker.describe(report.describe_row(row) + (f"\n\n{sentence}" if sentence else ""))
         best = _best_checkpoint(result, spec.eval.metric)
         if best is not None:
             with best.as_directory() as folder:
@@ -566,4 +581,13 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     return SweepOutcome(
         name=ctx.sweep, path=exp_path, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,
         rows=rows, table=table, iterations_saved=saved, variants=variants,
+        restarts={k: v for k, v in restarts.items() if v},
     )
+
+
+def _restarts(result: Any) -> list[dict[str, Any]]:
+    """A trial's restarts as the driver recorded them in its folder (tune_jobs.restarts)."""
+    fs, path = result.filesystem, result.path
+    if fs is None:
+        fs, path = resolve_fs(path)
+    return read_restarts(fs, path)

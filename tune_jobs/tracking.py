@@ -614,24 +614,28 @@ class TrialLogger:
 
                 logging.getLogger(__name__).warning("dataset %s not logged as an MLflow input: %s", name, exc)
 
-        self.delivery.urgent(log_input)
-        self.delivery.start()
         self.system: Any = None
-        self._start_system_metrics()
+        self.delivery.urgent(log_input)
+        self.delivery.urgent(self._start_system_metrics)
+        self.delivery.start()
 
     @property
     def run_id(self) -> str:
         """The trial's MLflow run ('' while MLflow has not answered since the trial started)."""
         return self.delivery.run_id or ""
 
-    def _start_system_metrics(self) -> None:
-        """(Re)start MLflow's system metrics monitor once the run is known: it stops for good at its first failed
-        request, e.g. in a tracking outage."""
+    def _start_system_metrics(self, client: Any = None, run_id: str | None = None) -> None:
+        """(Re)start MLflow's system metrics monitor (it stops for good at its first failed request, e.g. in a
+        tracking outage). Runs in the delivery thread, when MLflow answers: its first request waits for MLflow."""
         process = getattr(self.system, "_process", None)
-        if self.delivery.run_id is None or self.delivery.outage.down_since is not None or (
-                process is not None and process.is_alive()):
+        if run_id is None or (process is not None and process.is_alive()):
             return
-        self.system = start_system_metrics(self.ctx.tracking_uri, self.delivery.run_id, resume=True)
+        self.system = start_system_metrics(self.ctx.tracking_uri, run_id, resume=True)
+
+    def _watch_system_metrics(self) -> None:
+        process = getattr(self.system, "_process", None)
+        if process is None or not process.is_alive():
+            self.delivery.urgent(self._start_system_metrics)
 
     def _append(self, op: str = "batch", **fields: Any) -> None:
         self.spool.append(op, **fields)
@@ -641,8 +645,12 @@ class TrialLogger:
 
         best, at = self.best.get("fvd", (float("nan"), None))
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.trial.params.items())
-        return trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
+        from tune_jobs.restarts import restart_sentence
+
+        text = trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
                                  best, at, params=params)
+        restarts = getattr(self, "restarts", [])
+        return text + (f"\n\n{restart_sentence(restarts)}" if restarts else "")
 
     def ranked_keys(self, result: dict[str, float]) -> list[str]:
         """The scores whose best so far each evaluation logs as ``best_<key>`` and ``best_<key>_iteration``: FVD, the
@@ -712,7 +720,7 @@ class TrialLogger:
                      artifact_path=None, name=f"{metric}_curve.png")
         self._append(tags={TAG_NOTE: self._description("running", step)[:50000]})
         self.spool.write_state({"trial_id": self.trial_id, "best": {k: list(v) for k, v in self.best.items()}})
-        self._start_system_metrics()
+        self._watch_system_metrics()
 
     def checkpointed(self, checkpoint: Path) -> int:
         """Put the spool into a checkpoint folder (its ``tracking/``); returns the last record it holds, for
@@ -737,6 +745,18 @@ class TrialLogger:
         self.spool.write_state({**self.spool.read_state(), "trial_id": self.trial_id, "exploits": exploits})
         self._append(tags={TAG_CLONED_FROM: owner, TAG_CLONED_AT: str(iteration),
                            TAG_EXPLOITS: ",".join(exploits)[-5000:]})
+
+    def restarted(self, restarts: list[dict[str, Any]], node_id: str) -> None:
+        """Put the trial's restarts (:mod:`tune_jobs.restarts`) on its run: tags with the count, each restart's
+        iteration and cause, and the description; the latest resumed here, on ``node_id``."""
+        from tune_jobs.restarts import restart_tags
+
+        if not restarts:
+            return
+        restarts = [*restarts[:-1], {**restarts[-1], "node": restarts[-1].get("node") or node_id}]
+        self.restarts = restarts
+        self._append(tags=restart_tags(restarts))
+        self.spool.commit()  # the same whenever recomputed
 
     def completed(self) -> None:
         self._append(tags={TAG_END: "completed"})

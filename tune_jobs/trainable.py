@@ -34,8 +34,10 @@ OWNER_FILE = "owner.json"  # the trial that wrote the checkpoint: another trial'
 
 def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable (wrap with ``tune.with_parameters(train_trial, ctx=...)``)."""
+    import ray
     from ray import tune
 
+    from tune_jobs.restarts import read_restarts
     from vidgan.fvd import FVDEvaluator, real_features
     from vidgan.video import sample_clips
 
@@ -50,6 +52,10 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     trainer = Trainer(spec.model, trial.variant, trial.train_config)
     history = restore(trainer, checkpoint)
     logger.restored(checkpoint_owner(checkpoint), trainer.iteration)
+    node_id = ray.get_runtime_context().get_node_id()
+    if checkpoint is not None:  # restarted by Tune: the driver recorded why (tune_jobs.restarts)
+        storage = tune.get_context().get_storage()
+        logger.restarted(read_restarts(storage.storage_filesystem, storage.trial_fs_path), node_id)
     ev, max_t = spec.eval, spec.scheduler.max_t
     real = real_features(trial.dataset.path, ev.n_real, ev.frames, batch_size=ev.batch_size)
     evaluator = FVDEvaluator(
@@ -82,7 +88,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             folder = save_checkpoint(trainer, history, Path(tmp) / "checkpoint", owner=logger.trial_id)
             spooled = logger.checkpointed(folder)
             # after the last report Tune stops the trial: the driver delivers that checkpoint's spool
-            tune.report({**result, "mlflow_run_id": logger.run_id},
+            tune.report({**result, "mlflow_run_id": logger.run_id, "node_id": node_id},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
         logger.committed(spooled)  # Tune has the checkpoint: a restore never recomputes these records
     logger.finish()
