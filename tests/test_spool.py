@@ -123,9 +123,11 @@ def test_outage_neither_blocks_nor_loses_and_a_moved_trial_delivers_the_rest(dat
     assert run.data.metrics["best_fvd"] == 94.0 and run.data.tags[spool.TAG_DELIVERED].startswith(
         f"{moved.spool.last_seq}:")
 
-    # the driver's reconciliation of a finished trial with its checkpoint sends nothing twice
-    assert spool.reconcile(client, run_id, checkpoint / tracking.SPOOL_DIR) == 0
+    # the driver's reconciliation with that checkpoint (whose spool lacks what the moved trial logged since): sent
+    # again in repair mode, nothing appears twice
+    assert spool.reconcile(client, run_id, checkpoint / tracking.SPOOL_DIR) > 0
     assert [m.step for m in client.get_metric_history(run_id, "fvd")] == [2, 4, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "loss/critic")] == [2, 4, 6]
     moved.finish()
 
 
