@@ -41,8 +41,15 @@ def cluster():
     saved = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
     Path(temp, "ray").mkdir()  # where Ray writes the address of the cluster it starts ($RAY_TMPDIR/ray)
-    c = Cluster(initialize_head=True, connect=True,
-                head_node_args={"num_cpus": 0, "temp_dir": f"{temp}/ray", "include_dashboard": False})
+    for attempt in range(3):  # a raylet gets 30 s to register: on a loaded 2-core machine it may take longer
+        try:
+            c = Cluster(initialize_head=True, connect=True,
+                        head_node_args={"num_cpus": 0, "temp_dir": f"{temp}/ray", "include_dashboard": False})
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     yield c, workers
