@@ -146,12 +146,19 @@ def kill_node(cluster, node) -> None:
     cluster.remove_node(node, allow_graceful=False)
 
 
-def _trial_node() -> str:
-    from ray.util.state import list_actors
+def _trial_node(workers: list):
+    """The worker node running a trial: the one whose raylet has a trial worker (ray::ImplicitFunc) under it."""
+    from ray._private import ray_constants
 
-    actors = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
-    return actors[0].node_id if actors else ""
-
+    for node in workers:
+        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        for pid in _descendants(raylet):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                    return node
+            except OSError:
+                continue
+    return None
 
 def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, server: Server, cluster,
                                                                  caplog) -> None:
@@ -164,11 +171,10 @@ def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, ser
         deadline = time.monotonic() + 300
         while _fvd_steps(server.uri) < 1 and time.monotonic() < deadline:
             time.sleep(0.5)
-        node_id = _trial_node()
-        node = next(w for w in workers if w.node_id == node_id)
+        node = _trial_node(workers)
         kill_node(c, node)
         workers.remove(node)
-        killed["node"] = node_id
+        killed["node"] = node.node_id
         workers.append(c.add_node(num_cpus=1))  # the replacement, as an autoscaler brings one
 
     thread = threading.Thread(target=killer, daemon=True)
