@@ -105,13 +105,16 @@ def drain(node_id: str, gcs_address: str, deadline_s: int = 5) -> bool:
     return bool(accepted)
 
 
-def trial_nodes() -> dict[str, str]:
-    """node id -> a live trial actor on it."""
-    from ray.util.state import list_actors
+def runs_a_trial(node: Any) -> bool:
+    """Whether a trial worker (ray::ImplicitFunc) runs under the node's raylet (no state API: no dashboard)."""
+    from ray._private import ray_constants
 
-    actors = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")], limit=1000)
-    return {a.node_id: a.actor_id for a in actors if a.node_id}
-
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    for pid in _descendants(raylet):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                return True
+    return False
 
 class Killer(threading.Thread):
     """After warm-up (every trial has reported), at random times: SIGKILL a worker node holding a trial, then
@@ -131,8 +134,7 @@ class Killer(threading.Thread):
         return len(progress) >= self.trials and all(len(p.read_text().splitlines()) >= 2 for p in progress)
 
     def _victim(self) -> Any:
-        busy = trial_nodes()
-        candidates = [w for w in self.workers if w.node_id in busy]
+        candidates = [w for w in self.workers if runs_a_trial(w)]
         return self.rng.choice(candidates) if candidates else None
 
     def run(self) -> None:
