@@ -90,7 +90,7 @@ def test_constraints_pin_versions_the_ranges_admit() -> None:
     torch = next(Requirement(r) for r in project["dependencies"] if r.startswith("torch"))
     assert torch.specifier.contains("2.13.0") and not torch.specifier.contains("2.14.0")
     makefile = (REPO / "Makefile").read_text()
-    assert "-c constraints.txt" in makefile and "'.[sweep,cluster,dev]'" in makefile
+    assert "-c constraints.txt" in makefile and "'.[sweep,cluster,postgres,dev]'" in makefile
 
 
 @pytest.fixture(scope="module")
