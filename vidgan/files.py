@@ -25,6 +25,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,13 +89,18 @@ def lock_path(target: str | os.PathLike[str], folder: bool = False) -> Path:
     return target / LOCK_SUFFIX if folder else target.parent / f".{target.name}{LOCK_SUFFIX}"
 
 
-def _holder(fd: int) -> str:
-    """Who holds a lock, from what its holder wrote into the lock file."""
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        return (f"{info['command']} (pid {int(info['pid'])} on {info['host']}, since {info['since']})")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it has not said which yet)"
+def _holder(fd: int, wait: float = 1.0) -> str:
+    """Who holds a lock, from what its holder wrote into the lock file. A holder names itself right after it
+    takes the lock, so an empty file is read again for up to ``wait`` seconds before we say it has not."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            return (f"{info['command']} (pid {int(info['pid'])} on {info['host']}, since {info['since']})")
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another process (it has not said which yet)"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
