@@ -87,14 +87,9 @@ def _short(node: str | None) -> str:
     return node[:8] if node else "?"
 
 
-def _callback_base() -> type:
-    from ray.tune import Callback
-
-    return Callback
-
-
-class RestartLog(_callback_base()):  # type: ignore[misc]
-    """Tune callback: records each trial restart, says it in the sweep log, keeps it on the sweep's storage."""
+class RestartRecorder:
+    """What :class:`RestartLog` (the Tune callback) does, without Ray: records each trial restart, says it in the
+    sweep log, keeps it on the sweep's storage."""
 
     def __init__(self) -> None:
         self.restarts: dict[str, list[dict[str, Any]]] = {}
@@ -151,3 +146,16 @@ class RestartLog(_callback_base()):  # type: ignore[misc]
 
     def count(self, trial_id: str) -> int:
         return len(self.restarts.get(trial_id, []))
+
+
+def __getattr__(name: str) -> Any:
+    """``RestartLog``: :class:`RestartRecorder` as a Tune callback. Made on first use, so that importing this module
+    (``vidgan sweep --check`` does, through tune_jobs.sweep) does not import Ray."""
+    if name == "RestartLog":
+        from ray.tune import Callback
+
+        cls = type("RestartLog", (RestartRecorder, Callback),
+                   {"__module__": __name__, "__doc__": RestartRecorder.__doc__})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

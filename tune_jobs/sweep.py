@@ -27,7 +27,7 @@ from typing import Any
 from tune_jobs import explore, report, runtime, tracking
 from tune_jobs.overrides import TAG_OVERRIDES
 from tune_jobs.resources import trial_resources
-from tune_jobs.restarts import RestartLog, read_restarts, restart_sentence, restart_tags
+from tune_jobs.restarts import read_restarts, restart_sentence, restart_tags
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
 from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
@@ -468,6 +468,8 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
               name: str, resume: bool, verbose: int) -> SweepOutcome:
     """The Tune part of :func:`run_sweep`, once the parent run is open."""
     from ray import tune
+
+    from tune_jobs.restarts import RestartLog  # a Tune callback: made here, `--check` imports no Ray
 
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
