@@ -80,12 +80,18 @@ class Cable:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
-        self._listener = listener
+        with self._lock:
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def unplug(self) -> None:
-        listener, self._listener = self._listener, None
+        with self._lock:
+            listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone leaves the socket listening while a thread is blocked in accept() on it (Linux): the
+            # next client would still get through; shutdown() wakes that accept() and stops the listening
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             for conn in self._conns:
@@ -108,6 +114,10 @@ class Cable:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # unplugged meanwhile: this connection is cut too
+                    for conn in (client, upstream):
+                        conn.close()
+                    return
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
