@@ -6,7 +6,16 @@ from __future__ import annotations
 from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError
 
 from tune_jobs import report
-from tune_jobs.restarts import NODE_LOST, PREEMPTED, failure_cause, restart_sentence, restart_tags
+from tune_jobs.restarts import (
+    NODE_LOST,
+    PREEMPTED,
+    TAG_RESTART_LOG,
+    failure_cause,
+    parse_restart_log,
+    restart_line,
+    restart_sentence,
+    restart_tags,
+)
 
 
 def test_causes_follow_what_tune_counts_against_max_failures() -> None:
@@ -28,3 +37,13 @@ def test_tags_sentence_and_table_column() -> None:
     assert "restarts" not in report.markdown([row])  # no column while nothing restarted
     row.restarts = 2
     assert "| restarts |" in report.markdown([row])
+
+
+def test_the_summary_line_reads_the_same_from_the_run_tags() -> None:
+    # `vidgan report` rebuilds the causes from the runs' tags; an error's text may hold commas and colons
+    restarts = [{"iteration": 4, "cause": NODE_LOST}, {"iteration": 0, "cause": "error: a, b: 3,c"},
+                {"iteration": 8, "cause": NODE_LOST}]
+    causes = parse_restart_log(restart_tags(restarts)[TAG_RESTART_LOG])
+    assert causes == [NODE_LOST, "error: a, b: 3,c", NODE_LOST]
+    assert restart_line(causes) == "3 restarts from checkpoints (2 node lost, 1 error: a, b: 3,c)"
+    assert restart_line([]) == "" and parse_restart_log("") == []

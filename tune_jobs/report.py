@@ -44,6 +44,7 @@ class TrialRow:
     params: str = ""
     reason: str = ""
     restarts: int = 0  # times Tune restarted the trial from its checkpoint (a lost or preempted node, an error)
+    restart_causes: list[str] = field(default_factory=list, repr=False)  # each restart's cause (tune_jobs.restarts)
     curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
     @property

@@ -73,6 +73,22 @@ def restart_tags(restarts: list[dict[str, Any]]) -> dict[str, str]:
     return {TAG_RESTARTS: str(len(restarts)), TAG_RESTART_LOG: entries[-5000:]}
 
 
+def parse_restart_log(text: str) -> list[str]:
+    """The causes in a :data:`TAG_RESTART_LOG` tag, in order (a cause may hold commas and colons)."""
+    import re
+
+    return [m.group(2) for m in re.finditer(r"(?:^|,)(\d+):(.*?)(?=,\d+:|$)", text)]
+
+
+def restart_line(causes: list[str]) -> str:
+    """The summary's count of restarts by cause, e.g. "3 restarts from checkpoints (2 node lost, 1 preempted)"
+    ('' when there was none)."""
+    if not causes:
+        return ""
+    by = ", ".join(f"{causes.count(c)} {c}" for c in dict.fromkeys(causes))
+    return f"{len(causes)} restart{'s' if len(causes) > 1 else ''} from checkpoints ({by})"
+
+
 def restart_sentence(restarts: list[dict[str, Any]]) -> str:
     """For a run's description: "Restarted twice: node lost at iteration 4, preempted at iteration 8."."""
     if not restarts:

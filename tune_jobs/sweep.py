@@ -27,7 +27,7 @@ from typing import Any
 from tune_jobs import explore, report, runtime, tracking
 from tune_jobs.overrides import TAG_OVERRIDES
 from tune_jobs.resources import trial_resources
-from tune_jobs.restarts import read_restarts, restart_sentence, restart_tags
+from tune_jobs.restarts import read_restarts, restart_line, restart_sentence, restart_tags
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
 from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
@@ -55,11 +55,7 @@ class SweepOutcome:
 
     def restart_line(self) -> str:
         """The summary's count of restarts by cause ('' when there was none)."""
-        causes = [r["cause"] for rs in self.restarts.values() for r in rs]
-        if not causes:
-            return ""
-        by = ", ".join(f"{causes.count(c)} {c}" for c in dict.fromkeys(causes))
-        return f"{len(causes)} restart{'s' if len(causes) > 1 else ''} from checkpoints ({by})"
+        return restart_line([r["cause"] for rs in self.restarts.values() for r in rs])
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -610,6 +606,7 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     restarts = {row.trial_id: _restarts(result) for row, result in zip(rows, results, strict=True)}
     for row in rows:
         row.restarts = len(restarts[row.trial_id])
+        row.restart_causes = [r["cause"] for r in restarts[row.trial_id]]
     winner = next((r for r in report.sort_rows(rows) if not math.isnan(r.best_fvd)), None)
     model_uri = ""
     for row, result in zip(rows, results, strict=True):
