@@ -219,7 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["RAY_TMPDIR"] = str(scratch)
     (scratch / "ray").mkdir()
     summary: dict[str, Any] = {"scratch": str(scratch)}
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args={
+    # shutdown_at_exit=False: with it, add_node registers a SIGTERM handler, which fails in the Killer's thread
+    # (ValueError: signal only works in main thread) and ends it after its first kill; `finally` shuts down
+    cluster = Cluster(initialize_head=True, connect=True, shutdown_at_exit=False, head_node_args={
         "num_cpus": 0, "temp_dir": str(scratch / "ray"), "include_dashboard": False})
     try:
         workers = [cluster.add_node(num_cpus=2) for _ in range(args.workers)]

@@ -43,7 +43,9 @@ def cluster():
     Path(temp, "ray").mkdir()  # where Ray writes the address of the cluster it starts ($RAY_TMPDIR/ray)
     for attempt in range(3):  # a raylet gets 30 s to register: on a loaded 2-core machine it may take longer
         try:
-            c = Cluster(initialize_head=True, connect=True,
+            # shutdown_at_exit=False: a node added with it registers a SIGTERM handler, which only the main thread
+            # may do, and the killer adds the replacement from its thread; this fixture shuts the cluster down
+            c = Cluster(initialize_head=True, connect=True, shutdown_at_exit=False,
                         head_node_args={"num_cpus": 0, "temp_dir": f"{temp}/ray", "include_dashboard": False})
             break
         except Exception:
@@ -176,13 +178,14 @@ def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, ser
         workers.remove(node)
         killed["node"] = node.node_id
         workers.append(c.add_node(num_cpus=1))  # the replacement, as an autoscaler brings one
+        killed["replacement"] = workers[-1].node_id
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     with caplog.at_level(logging.WARNING, logger="tune_jobs.sweep"):
         outcome = run_sweep(spec, name="kill", verbose=0)
     thread.join(timeout=60)
-    assert "node" in killed
+    assert "node" in killed and "replacement" in killed, killed
 
     (row,) = outcome.rows
     assert row.status == "completed" and row.iterations == 6 and row.restarts == 1
