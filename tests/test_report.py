@@ -82,8 +82,11 @@ def _killed_sweep(data: Path, root: Path, name: str, n_fake: int, tmp: Path) -> 
             logger.finish()
         elif end == "diverged":
             logger.failed(TrainingDiverged(1, {"critic_loss": math.nan}))
-        else:
-            logger.stop_system_metrics()  # killed: the run stays RUNNING, no end tag
+        else:  # killed after its evaluations reached MLflow: the run stays RUNNING, no end tag
+            logger.committed(logger.spool.last_seq)  # as each tune.report's checkpoint was taken
+            assert logger.delivery.flush(60)
+            logger.delivery.stop()
+            logger.stop_system_metrics()
     return parent
 
 

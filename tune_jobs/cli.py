@@ -99,7 +99,9 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
 
     comparison = Comparison(outcome.rows, n_seeds=len(checked.seeds), variants=outcome.variants)
     counts = comparison.counts()
-    print("\n" + headline(outcome.name, comparison))  # `vidgan report` prints the same two from MLflow
+    restarts = outcome.restart_line()
+    # `vidgan report` prints the same two from MLflow
+    print("\n" + headline(outcome.name, comparison) + (f"; {restarts}" if restarts else ""))
     print(outcome.table)
     print(
         f"\nEarly stopping saved {outcome.iterations_saved:.0%} of the generator iterations of running every trial "

@@ -97,6 +97,10 @@ def trial_row(client: MlflowClient, run: Any) -> report.TrialRow:
         params=tags.get(tracking.TAG_PARAMS, ""),
         reason=tags.get(tracking.TAG_REASON, "") if status in ("failed", "diverged") else "",
     )
+    from tune_jobs.restarts import TAG_RESTART_LOG, TAG_RESTARTS, parse_restart_log
+
+    row.restart_causes = parse_restart_log(tags.get(TAG_RESTART_LOG, ""))
+    row.restarts = int(tags[TAG_RESTARTS]) if tags.get(TAG_RESTARTS, "").isdigit() else 0
     fvd = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd")) if not math.isnan(m.value)]
     if not fvd:
         return row

@@ -43,6 +43,8 @@ class TrialRow:
     paper_steps: int = 0  # critic + generator updates, as the paper counted "steps"
     params: str = ""
     reason: str = ""
+    restarts: int = 0  # times Tune restarted the trial from its checkpoint (a lost or preempted node, an error)
+    restart_causes: list[str] = field(default_factory=list, repr=False)  # each restart's cause (tune_jobs.restarts)
     curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
     @property
@@ -67,6 +69,7 @@ COLUMNS = [
     ("critic_updates", "D updates"),
     ("paper_steps", "paper steps"),
     ("status", "ended"),
+    ("restarts", "restarts"),
     ("params", "params"),
 ]
 
@@ -87,7 +90,7 @@ def sort_rows(rows: list[TrialRow]) -> list[TrialRow]:
 
 
 def markdown(rows: list[TrialRow]) -> str:
-    cols = [c for c in COLUMNS if c[0] != "params" or any(r.params for r in rows)]
+    cols = [c for c in COLUMNS if c[0] not in ("params", "restarts") or any(getattr(r, c[0]) for r in rows)]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in sort_rows(rows):
         lines.append("| " + " | ".join(_fmt(getattr(r, k)) for k, _ in cols) + " |")

@@ -90,7 +90,11 @@ def _one(args: argparse.Namespace, uri: str, tmp: Path) -> None:
     record = history.read_sweep(uri, args.sweep, tmp)
     comparison = record.comparison()
     state = {"RUNNING": "running or interrupted", "FINISHED": "finished"}.get(record.status, record.status.lower())
-    print(report.headline(record.name, comparison) + f" (parent run {record.run_id}, {state})")
+    from tune_jobs.restarts import restart_line
+
+    restarts = restart_line([c for r in record.rows for c in r.restart_causes])  # as `vidgan sweep` says it
+    print(report.headline(record.name, comparison) + (f"; {restarts}" if restarts else "")
+          + f" (parent run {record.run_id}, {state})")
     print(comparison.table)
     if folder is not None:
         report.write_tables(comparison, folder, record.metric)

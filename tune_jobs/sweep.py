@@ -27,6 +27,7 @@ from typing import Any
 from tune_jobs import explore, report, runtime, tracking
 from tune_jobs.overrides import TAG_OVERRIDES
 from tune_jobs.resources import trial_resources
+from tune_jobs.restarts import read_restarts, restart_line, restart_sentence, restart_tags
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
 from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
@@ -50,6 +51,11 @@ class SweepOutcome:
     table: str  # the comparison over seeds, then the trials
     iterations_saved: float
     variants: list[report.VariantRow] = field(default_factory=list)
+    restarts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # trial id -> tune_jobs.restarts
+
+    def restart_line(self) -> str:
+        """The summary's count of restarts by cause ('' when there was none)."""
+        return restart_line([r["cause"] for rs in self.restarts.values() for r in rs])
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -459,6 +465,8 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
     """The Tune part of :func:`run_sweep`, once the parent run is open."""
     from ray import tune
 
+    from tune_jobs.restarts import RestartLog  # a Tune callback: made here, `--check` imports no Ray
+
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                        auth_env=tracking.auth_env(), verified_shards=shards.verified_stamps())
@@ -491,6 +499,7 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
                 storage_path=storage,
                 stop={"iteration": spec.scheduler.max_t},
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                callbacks=[RestartLog()],  # one line per restart in this log; counted in the table and MLflow
                 checkpoint_config=tune.CheckpointConfig(
                     # PBT exploits a donor's latest checkpoint: keep more, so that none is deleted under it
                     num_to_keep=4 if spec.scheduler.type == "pbt" else 2,
@@ -499,7 +508,8 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
                 verbose=verbose,
             ),
         )
-    results = tuner.fit()
+    with tracking.OutageWatch(uri):  # one line when MLflow goes away, one when it is back
+        results = tuner.fit()
     return finish_sweep(spec, ctx, exp_path, results)
 
 
@@ -508,8 +518,10 @@ def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.Tr
     rows = []
     for result in results:
         config = result.config or {}
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
+        trial_id = _trial_id(result)
         df = result.metrics_dataframe
+        if df is not None and "iteration" in df:  # an evaluation recomputed after a restore counts once, the last
+            df = df.drop_duplicates("iteration", keep="last")
         run = runs.get(trial_id)
         tags = run.data.tags if run else {}
         trial = spec.trial(config)
@@ -553,10 +565,48 @@ def _best_checkpoint(result: Any, metric: str) -> Any:
     return min(scored, key=lambda x: x[0])[1] if scored else None
 
 
+def _trial_id(result: Any) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
+
+
+def deliver_spools(spec: SweepSpec, ctx: SweepContext, results: Any) -> int:
+    """Reconcile each trial's MLflow run with its last checkpoint (the source of truth): deliver what the
+    checkpoint's spool holds and the run lacks (the last evaluation of a trial Tune stopped, what a tracking
+    outage held back, what a run restored from an older MLflow backup misses). Creates the run of a trial that
+    never reached MLflow. Returns how many records were sent."""
+    from mlflow import MlflowClient
+
+    from tune_jobs import spool
+
+    client = MlflowClient(ctx.tracking_uri)
+    sent = 0
+    for result in results:
+        if result.checkpoint is None:
+            continue
+        trial = spec.trial(result.config or {})
+        trial_id = _trial_id(result)
+        run_id, _ = tracking.find_or_create_trial_run(
+            ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, run_name=f"{trial.run_name}-{trial_id}",
+            tags={tracking.TAG_SWEEP: ctx.sweep, tracking.TAG_VARIANT: trial.variant_name,
+                  tracking.TAG_DATASET: trial.dataset.name},
+        )
+        with result.checkpoint.as_directory() as folder:
+            if (Path(folder) / tracking.SPOOL_DIR).is_dir():
+                sent += spool.reconcile(client, run_id, Path(folder) / tracking.SPOOL_DIR)
+    return sent
+
+
 def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any) -> SweepOutcome:
     """Mark each trial's MLflow run with how it ended, log the best checkpoints, the table and the figure."""
+    sent = tracking.when_reachable(ctx.tracking_uri, lambda: deliver_spools(spec, ctx, results), "the sweep")
+    if sent:
+        log.info("delivered %d spooled tracking records from the trials' checkpoints to MLflow", sent)
     runs = tracking.trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     rows = _rows(spec, results, runs)
+    restarts = {row.trial_id: _restarts(result) for row, result in zip(rows, results, strict=True)}
+    for row in rows:
+        row.restarts = len(restarts[row.trial_id])
+        row.restart_causes = [r["cause"] for r in restarts[row.trial_id]]
     winner = next((r for r in report.sort_rows(rows) if not math.isnan(r.best_fvd)), None)
     model_uri = ""
     for row, result in zip(rows, results, strict=True):
@@ -564,11 +614,12 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
         if run is None:
             continue
         tracker = tracking.Tracker(ctx.tracking_uri, run.info.run_id)
-        tags = {tracking.TAG_END: row.status, tracking.TAG_PARAMS: row.params}
+        tags = {tracking.TAG_END: row.status, tracking.TAG_PARAMS: row.params, **restart_tags(restarts[row.trial_id])}
         if row.reason:
             tags[tracking.TAG_REASON] = row.reason
         tracker.set_tags(tags)
-        tracker.describe(report.describe_row(row))
+        sentence = restart_sentence(restarts[row.trial_id])
+        tracker.describe(report.describe_row(row) + (f"\n\n{sentence}" if sentence else ""))
         best = _best_checkpoint(result, spec.eval.metric)
         if best is not None:
             with best.as_directory() as folder:
@@ -597,4 +648,13 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     return SweepOutcome(
         name=ctx.sweep, path=exp_path, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,
         rows=rows, table=table, iterations_saved=saved, variants=variants,
+        restarts={k: v for k, v in restarts.items() if v},
     )
+
+
+def _restarts(result: Any) -> list[dict[str, Any]]:
+    """A trial's restarts as the driver recorded them in its folder (tune_jobs.restarts)."""
+    fs, path = result.filesystem, result.path
+    if fs is None:
+        fs, path = resolve_fs(path)
+    return read_restarts(fs, path)

@@ -125,10 +125,9 @@ def auth_env() -> dict[str, str]:
 API_TIMEOUT_S = 20.0
 
 
-def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None = None) -> None:
-    """Fail fast with a clear error when the store is unreachable (before any trial starts): /health within
-    ``timeout_s``, then one API request (a search for one experiment) within ``api_timeout_s`` (default
-    :data:`API_TIMEOUT_S`)."""
+def check_health(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`TrackingUnavailable` when a tracking server does not answer ``/health`` (one request, no
+    retries); a local store always passes."""
     shown = redact_uri(uri)
     if uri.startswith(("http://", "https://")):
         request = urllib.request.Request(shown.rstrip("/") + "/health")
@@ -150,7 +149,15 @@ def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None
         except ValueError as exc:  # http.client.InvalidURL: its text may quote the URI, shown instead
             detail = type(exc).__name__
             raise TrackingUnavailable(f"MLflow tracking URI {shown} is not a valid URL ({detail})") from None
-    elif uri.startswith("sqlite:///"):
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None = None) -> None:
+    """Fail fast with a clear error when the store is unreachable (before any trial starts): /health within
+    ``timeout_s``, then one API request (a search for one experiment) within ``api_timeout_s`` (default
+    :data:`API_TIMEOUT_S`)."""
+    shown = redact_uri(uri)
+    check_health(uri, timeout_s)
+    if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingUnavailable(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
@@ -178,6 +185,75 @@ def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None
     if outcome[0] is not None:
         detail = " ".join(str(outcome[0]).split())[:300].replace(uri, shown)
         raise TrackingUnavailable(f"MLflow tracking store {shown} is not usable: {detail}")
+
+
+#: how long the end of a sweep waits for an unreachable tracking server before it stops with one line
+WAIT_ENV = "VIDGAN_TRACKING_WAIT_S"
+
+
+def when_reachable(uri: str, fn: Callable[[], T], what: str, wait_s: float | None = None) -> T:
+    """``fn()`` once the tracking server answers: while it does not, wait (one log line when it goes away, one
+    when it is back) up to ``wait_s`` (default ``$VIDGAN_TRACKING_WAIT_S`` or an hour), then raise
+    :class:`TrackingUnavailable`. An error of ``fn`` while the server answers is raised as is."""
+    import logging
+
+    from tune_jobs.spool import Outage
+
+    outage = Outage(what, report=logging.getLogger("tune_jobs.sweep").warning)
+    wait_s = float(os.environ.get(WAIT_ENV, 3600)) if wait_s is None else wait_s
+    deadline, delay = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            check_health(uri)
+            value = fn()
+        except Exception as exc:
+            try:
+                check_health(uri)
+            except TrackingUnavailable as down:
+                outage.failed(down)
+                if time.monotonic() > deadline:
+                    raise TrackingUnavailable(
+                        f"MLflow at {redact_uri(uri)} stayed unreachable for {wait_s:.0f} s; nothing is lost: the "
+                        "checkpoints hold it, and `vidgan sweep SPEC --resume` delivers it") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+                continue
+            raise exc from None
+        outage.ok()
+        return value
+
+
+class OutageWatch:
+    """While a sweep runs: probe the tracking server every ``every_s`` seconds and say once in the sweep's log
+    that it went away (the trials train on and keep what they log) and once that it is back."""
+
+    def __init__(self, uri: str, every_s: float = 5.0) -> None:
+        import logging
+        import threading
+
+        from tune_jobs.spool import Outage
+
+        self.uri, self.every_s = uri, every_s
+        self.outage = Outage("every trial", report=logging.getLogger("tune_jobs.sweep").warning)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="vidgan-mlflow-watch", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                check_health(self.uri, timeout_s=min(self.every_s, 5.0))
+            except TrackingUnavailable as exc:
+                self.outage.failed(exc)
+            else:
+                self.outage.ok()
+
+    def __enter__(self) -> OutageWatch:
+        if self.uri.startswith(("http://", "https://")):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 def retry(fn: Callable[[], T], attempts: int = 6, delay_s: float = 0.2) -> T:
@@ -485,29 +561,59 @@ class TrialLogger:
     """Where a trial's results go, with one :meth:`report` per evaluation: its nested MLflow run (params,
     metrics, sample videos, FVD curve) and its Prometheus gauges.
 
+    Nothing here waits for MLflow: what the run gets is written to the trial's durable spool
+    (:mod:`tune_jobs.spool`) and delivered by a background thread, so a trial trains on through a tracking
+    outage of any length. The records of an evaluation become deliverable once the checkpoint that carries
+    them has been reported (:meth:`checkpointed`, then :meth:`committed`); a trial restored from its checkpoint
+    (on another node, or by ``vidgan sweep --resume``) delivers what its run is missing from it.
+
     Opening it finds or creates the trial's run (a restarted trial continues its own run) and refuses to
-    restart a trial that diverged before.
+    restart a trial that diverged before (when MLflow answers at that moment).
     """
 
-    def __init__(self, ctx: SweepContext, trial: Trial, trial_id: str) -> None:
+    def __init__(self, ctx: SweepContext, trial: Trial, trial_id: str, folder: str | os.PathLike | None = None,
+                 checkpoint: str | os.PathLike | None = None) -> None:
+        """``folder``: where the spool lives (default: a new temporary folder); ``checkpoint``: a Tune checkpoint
+        folder of this trial to resume the spool from (its ``tracking/``)."""
+        import tempfile
+
         from tune_jobs.metrics import TrialMetrics
+        from tune_jobs.spool import Delivery, Spool, fast_http
 
         self.ctx, self.trial, self.trial_id = ctx, trial, trial_id
         os.environ.update(ctx.auth_env)  # MLflow reads them from the environment at each request
-        self.run_id, created = find_or_create_trial_run(
-            ctx.tracking_uri,
-            ctx.experiment_id,
-            ctx.parent_run_id,
-            trial_id,
-            run_name=f"{trial.run_name}-{trial_id}",
-            tags={TAG_SWEEP: ctx.sweep, TAG_VARIANT: trial.variant_name, TAG_DATASET: trial.dataset.name},
-        )
-        self.tracker = Tracker(ctx.tracking_uri, self.run_id)
-        previous = self.tracker.client.get_run(self.run_id).data.tags
+        fast_http()  # the delivery thread retries for as long as it takes: no request blocks in MLflow's backoff
+        folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="vidgan-spool-"))
+        source = Path(checkpoint) / SPOOL_DIR if checkpoint is not None else None
+        self.spool = Spool.restore(source, folder / SPOOL_DIR)
+        state = self.spool.read_state()
+        if state.get("trial_id") not in (None, trial_id):  # not this trial's records (a PBT exploit's donor's)
+            self.spool = Spool.restore(None, folder / SPOOL_DIR)
+            state = {}
+        self.client = MlflowClient(ctx.tracking_uri)
+        self.created = False
+
+        def open_run() -> str:
+            run_id, self.created = find_or_create_trial_run(
+                ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
+                run_name=f"{trial.run_name}-{trial_id}",
+                tags={TAG_SWEEP: ctx.sweep, TAG_VARIANT: trial.variant_name, TAG_DATASET: trial.dataset.name},
+            )
+            return run_id
+
+        self.delivery = Delivery(self.spool, self.client, open_run, what=f"trial {trial_id}")
+        previous: dict[str, str] = {}
+        metrics: dict[str, float] = {}
+        try:  # at once when MLflow answers; else the delivery thread opens the run when it does
+            self.delivery.run_id = open_run()
+            run = self.client.get_run(self.delivery.run_id)
+            previous, metrics = run.data.tags, run.data.metrics
+        except Exception as exc:  # noqa: BLE001 - MLflow away: train on, deliver later
+            self.delivery.outage.failed(exc)
         if previous.get(TAG_END) == "diverged":  # a restart of a diverged trial: fail again at once
             raise RuntimeError(f"trial {trial_id} diverged earlier: {previous.get(TAG_REASON)}")
         spec = ctx.spec
-        self.tracker.log_params(
+        self._append(params=flatten(
             {
                 "variant": trial.variant_name,
                 "dataset": trial.dataset.name,
@@ -519,7 +625,7 @@ class TrialLogger:
                 "eval": spec.eval.model_dump(),
                 "resources": spec.resources.model_dump(),
             }
-        )
+        ))
         self.gauges = TrialMetrics(ctx.sweep, trial_id, trial.variant_name)
         # Result keys that cannot change in this trial: a loss term its variant lacks is 0 at every step, and
         # the hp_* hyperparameters change only under PBT (else they are the params train.* and loss.*).
@@ -529,31 +635,66 @@ class TrialLogger:
             self.constant_keys |= {"penalty", "grad_norm"}
         self.hp_vary = spec.scheduler.type == "pbt"
         # best score so far of each ranked key (fvd, the sweep's metric, a smoothed fvd): (value, iteration), from
-        # what this run logged before a restart
-        metrics = self.tracker.client.get_run(self.run_id).data.metrics
-        self.best = {k[len("best_") : -len("_iteration")]: (metrics[k[: -len("_iteration")]], int(v))
-                     for k, v in metrics.items() if k.startswith("best_") and k.endswith("_iteration")
-                     and k[: -len("_iteration")] in metrics}
-        if created:
-            self.tracker.describe(self._description("running", 0))
+        # the checkpoint's spool state, else from what the run logged before
+        if state.get("best"):
+            self.best = {k: (float(v), int(i)) for k, (v, i) in state["best"].items()}
+        else:
+            self.best = {k[len("best_") : -len("_iteration")]: (metrics[k[: -len("_iteration")]], int(v))
+                         for k, v in metrics.items() if k.startswith("best_") and k.endswith("_iteration")
+                         and k[: -len("_iteration")] in metrics}
+        if self.created or not self.spool.last_seq:
+            self._append(tags={TAG_NOTE: self._description("running", 0)[:50000]})
         from tune_jobs.report import format_params
 
-        self.tracker.set_tags({TAG_PARAMS: format_params(trial.params)})  # (again after a PBT exploit: new values)
-        try:
-            self.tracker.log_inputs([dataset_input(trial.dataset.path, trial.dataset.name)])
-        except Exception as exc:  # noqa: BLE001 - lineage is worth a warning, not a failed trial
-            import logging
+        self._append(tags={TAG_PARAMS: format_params(trial.params)})  # (again after a PBT exploit: new values)
+        self.spool.commit()  # parameters and the first description are the same whenever they are recomputed
+        path, name = trial.dataset.path, trial.dataset.name
 
-            logging.getLogger(__name__).warning("dataset %s not logged as an MLflow input: %s", trial.dataset.name, exc)
-        self.system = start_system_metrics(ctx.tracking_uri, self.run_id, resume=not created)
+        def log_input(client: MlflowClient, run_id: str) -> None:
+            try:
+                client.log_inputs(run_id, datasets=[dataset_input(path, name)])
+            except (OSError, ValueError) as exc:  # lineage is worth a warning, not a failed trial
+                import logging
+
+                logging.getLogger(__name__).warning("dataset %s not logged as an MLflow input: %s", name, exc)
+
+        self.system: Any = None
+        self.delivery.urgent(log_input)
+        self.delivery.urgent(self._start_system_metrics)
+        self.delivery.start()
+
+    @property
+    def run_id(self) -> str:
+        """The trial's MLflow run ('' while MLflow has not answered since the trial started)."""
+        return self.delivery.run_id or ""
+
+    def _start_system_metrics(self, client: Any = None, run_id: str | None = None) -> None:
+        """(Re)start MLflow's system metrics monitor (it stops for good at its first failed request, e.g. in a
+        tracking outage). Runs in the delivery thread, when MLflow answers: its first request waits for MLflow."""
+        process = getattr(self.system, "_process", None)
+        if run_id is None or (process is not None and process.is_alive()):
+            return
+        self.system = start_system_metrics(self.ctx.tracking_uri, run_id, resume=True)
+
+    def _watch_system_metrics(self) -> None:
+        process = getattr(self.system, "_process", None)
+        if process is None or not process.is_alive():
+            self.delivery.urgent(self._start_system_metrics)
+
+    def _append(self, op: str = "batch", **fields: Any) -> None:
+        self.spool.append(op, **fields)
 
     def _description(self, ended: str, iteration: int) -> str:
         from tune_jobs.report import format_params, trial_description
 
         best, at = self.best.get("fvd", (float("nan"), None))
         params = format_params(self.trial.params)
-        return trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
+        from tune_jobs.restarts import restart_sentence
+
+        text = trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
                                  best, at, params=params)
+        restarts = getattr(self, "restarts", [])
+        return text + (f"\n\n{restart_sentence(restarts)}" if restarts else "")
 
     def ranked_keys(self, result: dict[str, float]) -> list[str]:
         """The scores whose best so far each evaluation logs as ``best_<key>`` and ``best_<key>_iteration``: FVD, the
@@ -591,59 +732,113 @@ class TrialLogger:
     def report(
         self, result: dict[str, float], history: list[dict[str, float]], samples: np.ndarray | None, folder: Path
     ) -> None:
-        """Log one evaluation at step ``result["iteration"]``: metrics under their MLflow names with the best
+        """Spool one evaluation at step ``result["iteration"]``: metrics under their MLflow names with the best
         scores so far (:meth:`mlflow_metrics`), gauges, the samples (uint8 clips [N, T, H, W, 3]) as an image strip
         by step (key ``samples``) and as a 4x enlarged GIF and MP4 grid, the curve of the sweep's metric so far, and
-        the run's description (files go to ``folder``)."""
+        the run's description. ``folder`` is a scratch folder. Delivered after :meth:`committed`."""
         from tune_jobs.report import curve_figure
 
         step = int(result[STEP_KEY])
         self.gauges.record(**{k: result[k] for k in self.gauges.KEYS if k in result})
         metrics, params = self.mlflow_metrics(result)
-        self.tracker.log_metrics(metrics, step=step)
-        if params:
-            self.tracker.log_params(params)
+        now = int(time.time() * 1000)
+        self._append(metrics=[[k, float(v), now, step] for k, v in metrics.items() if v is not None],
+                     params={k: str(v) for k, v in params.items()})
         if samples is not None and len(samples):
+            from PIL import Image
+
             from vidgan.video import enlarge, strip, tile, write_video
 
-            self.tracker.log_image(strip(samples), key=SAMPLES_KEY, step=step)
+            png = folder / f"samples_{step:07d}.png"
+            Image.fromarray(strip(samples)).save(png)
+            self._append("image", file=self.spool.add_file(png), key=SAMPLES_KEY, step=step, timestamp=now)
             grid = enlarge(tile(samples))
             for suffix in (".gif", ".mp4"):
-                self.tracker.log_artifact(write_video(grid, folder / f"samples_{step:07d}{suffix}"), "samples")
+                video = write_video(grid, folder / f"samples_{step:07d}{suffix}")
+                self._append("artifact", file=self.spool.add_file(video), artifact_path="samples")
         metric = self.ctx.spec.eval.metric
         curve = [(int(h["iteration"]), float(h[metric])) for h in history if metric in h]
-        self.tracker.log_figure(curve_figure({self.trial.run_name: curve}, metric), f"{metric}_curve.png")
-        self.tracker.describe(self._description("running", step))
+        figure = folder / f"{metric}_curve.png"
+        curve_figure({self.trial.run_name: curve}, metric).savefig(figure)
+        self._append("artifact", file=self.spool.add_file(figure, f"{metric}_curve_{step:07d}.png"),
+                     artifact_path=None, name=f"{metric}_curve.png")
+        self._append(tags={TAG_NOTE: self._description("running", step)[:50000]})
+        self.spool.write_state({"trial_id": self.trial_id, "best": {k: list(v) for k, v in self.best.items()}})
+        self._watch_system_metrics()
+
+    def checkpointed(self, checkpoint: Path) -> int:
+        """Put the spool into a checkpoint folder (its ``tracking/``); returns the last record it holds, for
+        :meth:`committed` once the checkpoint has been reported."""
+        self.spool.export(checkpoint / SPOOL_DIR, self.delivery.delivered)
+        return self.spool.last_seq
+
+    def committed(self, seq: int) -> None:
+        """The checkpoint holding the records up to ``seq`` was reported: deliver them."""
+        self.spool.commit(seq)
+        self.delivery.wake()
+
+    def backlog(self) -> int:
+        """Records committed and not yet delivered (MLflow away, or slow)."""
+        return self.delivery.backlog()
 
     def restored(self, owner: str | None, iteration: int) -> None:
         """Note where a restored checkpoint came from: another trial's means PBT cloned that trial into this one."""
         if owner is None or owner == self.trial_id:
             return
-        tags = self.tracker.client.get_run(self.run_id).data.tags
-        exploits = [e for e in tags.get(TAG_EXPLOITS, "").split(",") if e] + [f"{owner}@{iteration}"]
-        self.tracker.set_tags(
-            {TAG_CLONED_FROM: owner, TAG_CLONED_AT: str(iteration), TAG_EXPLOITS: ",".join(exploits)[-5000:]}
-        )
+        exploits = [*self.spool.read_state().get("exploits", []), f"{owner}@{iteration}"]
+        self.spool.write_state({**self.spool.read_state(), "trial_id": self.trial_id, "exploits": exploits})
+        self._append(tags={TAG_CLONED_FROM: owner, TAG_CLONED_AT: str(iteration),
+                           TAG_EXPLOITS: ",".join(exploits)[-5000:]})
+
+    def restarted(self, restarts: list[dict[str, Any]], node_id: str) -> None:
+        """Put the trial's restarts (:mod:`tune_jobs.restarts`) on its run: tags with the count, each restart's
+        iteration and cause, and the description; the latest resumed here, on ``node_id``."""
+        from tune_jobs.restarts import restart_tags
+
+        if not restarts:
+            return
+        restarts = [*restarts[:-1], {**restarts[-1], "node": restarts[-1].get("node") or node_id}]
+        self.restarts = restarts
+        self._append(tags=restart_tags(restarts))
+        self.spool.commit()  # the same whenever recomputed
 
     def completed(self) -> None:
-        self.tracker.set_tags({TAG_END: "completed"})
+        self._append(tags={TAG_END: "completed"})
 
     def stop_system_metrics(self) -> None:
-        """Stop the system metrics monitor (it logs what it sampled last)."""
+        """Stop the system metrics monitor (it logs what it sampled last, unless MLflow is away)."""
         if self.system is not None:
-            self.system.finish()
+            if self.delivery.outage.down_since is None:
+                self.system.finish()
+            else:
+                self.system._shutdown_event.set()  # its last request would wait for MLflow
             self.system = None
 
     def failed(self, exc: Exception) -> None:
         """Mark the run FAILED with the reason: ``diverged`` for a non-finite loss (a restart of this trial
-        then fails at once), ``failed`` otherwise (e.g. out of GPU memory within the trial's share)."""
+        then fails at once), ``failed`` otherwise (e.g. out of GPU memory within the trial's share). Waits a
+        little for the delivery (the driver's reconciliation delivers from the checkpoint what it leaves)."""
         from vidgan.trainer import TrainingDiverged
 
         self.stop_system_metrics()
         end = "diverged" if isinstance(exc, TrainingDiverged) else "failed"
-        self.tracker.set_tags({TAG_END: end, TAG_REASON: str(exc)})
-        self.tracker.finish("FAILED")
+        self._append(tags={TAG_END: end, TAG_REASON: str(exc)})
+        self._append("status", status="FAILED")
+        self.spool.commit()
+        self.delivery.flush(FLUSH_S)
 
-    def finish(self) -> None:
+    def finish(self, timeout_s: float | None = None) -> bool:
+        """Deliver everything spooled (waiting up to ``timeout_s``, default :data:`FLUSH_S`) and end the run
+        FINISHED; True when all of it went out."""
         self.stop_system_metrics()
-        self.tracker.finish("FINISHED")
+        self._append("status", status="FINISHED")
+        self.spool.commit()
+        done = self.delivery.flush(FLUSH_S if timeout_s is None else timeout_s)
+        self.delivery.stop()
+        return done
+
+
+#: the spool's folder inside a trial's folder and inside its Tune checkpoints
+SPOOL_DIR = "tracking"
+#: how long a trial that ends waits for its spool to reach MLflow (the rest is delivered from its checkpoint)
+FLUSH_S = 30.0

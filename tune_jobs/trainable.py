@@ -9,6 +9,7 @@ stop weak trials and FailureConfig uses to restart a crashed one where it left o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -33,19 +34,28 @@ OWNER_FILE = "owner.json"  # the trial that wrote the checkpoint: another trial'
 
 def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable (wrap with ``tune.with_parameters(train_trial, ctx=...)``)."""
+    import ray
     from ray import tune
 
+    from tune_jobs.restarts import read_restarts
     from vidgan.fvd import FVDEvaluator, real_features
     from vidgan.video import sample_clips
 
     spec, trial = ctx.spec, ctx.spec.trial(config)
     shards.trust(ctx.verified_shards)  # what the driver hashed is not hashed again while it is unchanged
     torch.set_num_threads(spec.resources.threads or max(1, int(spec.resources.cpu)))
-    logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id())
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
+        # the spool (what MLflow is still owed) lives in the trial's folder and travels in its checkpoints
+        logger = TrialLogger(ctx, trial, tune.get_context().get_trial_id(), folder=Path.cwd(), checkpoint=restored)
     limit_gpu_memory(spec.resources.gpu)  # a fractional GPU: cap this trial's share of its memory
     trainer = Trainer(spec.model, trial.variant, trial.train_config)
-    history = restore(trainer, tune.get_checkpoint())
-    logger.restored(checkpoint_owner(tune.get_checkpoint()), trainer.iteration)
+    history = restore(trainer, checkpoint)
+    logger.restored(checkpoint_owner(checkpoint), trainer.iteration)
+    node_id = ray.get_runtime_context().get_node_id()
+    if checkpoint is not None:  # restarted by Tune: the driver recorded why (tune_jobs.restarts)
+        storage = tune.get_context().get_storage()
+        logger.restarted(read_restarts(storage.storage_filesystem, storage.trial_fs_path), node_id)
     ev, max_t = spec.eval, spec.scheduler.max_t
     real = real_features(trial.dataset.path, ev.n_real, ev.frames, batch_size=ev.batch_size)
     evaluator = FVDEvaluator(
@@ -77,9 +87,12 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             logger.report(result, history, samples, Path(tmp))
             if trainer.iteration >= max_t:
                 logger.completed()
-            checkpoint = save_checkpoint(trainer, history, Path(tmp) / "checkpoint", owner=logger.trial_id)
-            tune.report({**result, "mlflow_run_id": logger.run_id},
-                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+            folder = save_checkpoint(trainer, history, Path(tmp) / "checkpoint", owner=logger.trial_id)
+            spooled = logger.checkpointed(folder)
+            # after the last report Tune stops the trial: the driver delivers that checkpoint's spool
+            tune.report({**result, "mlflow_run_id": logger.run_id, "node_id": node_id},
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        logger.committed(spooled)  # Tune has the checkpoint: a restore never recomputes these records
     logger.finish()
 
 
