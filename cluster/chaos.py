@@ -117,7 +117,7 @@ def runs_a_trial(node: Any) -> bool:
     return False
 
 class Killer(threading.Thread):
-    """After warm-up (every trial has reported), at random times: SIGKILL a worker node holding a trial, then
+    """After warm-up (every trial has a checkpoint), at random times: SIGKILL a worker node holding a trial, then
     bring a replacement; ``kills`` times, then one drain (preemption notice) followed by the kill."""
 
     def __init__(self, cluster: Any, workers: list, kills: int, do_drain: bool, results: Path, trials: int,
@@ -130,8 +130,9 @@ class Killer(threading.Thread):
         self.done = threading.Event()
 
     def _warm(self) -> bool:
-        progress = list(self.results.glob("*/train_trial_*/progress.csv"))
-        return len(progress) >= self.trials and all(len(p.read_text().splitlines()) >= 2 for p in progress)
+        """Every trial of this sweep (``results`` is its own folder, not the calm sweep's) has a checkpoint."""
+        trials = list(self.results.glob("train_trial_*"))
+        return len(trials) >= self.trials and all(any(t.glob("checkpoint_*")) for t in trials)
 
     def _victim(self) -> Any:
         candidates = [w for w in self.workers if runs_a_trial(w)]
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spec = parse_spec(spec_dict(scratch, name, args.trials, args.max_t))
             killer = None
             if name == "chaos":
-                killer = Killer(cluster, workers, args.kills, args.drain, scratch / "results", args.trials,
+                killer = Killer(cluster, workers, args.kills, args.drain, scratch / "results" / name, args.trials,
                                 (args.min_gap, args.max_gap), args.seed)
                 killer.start()
             say(f"sweep {name}: {args.trials} trials to iteration {args.max_t}")
@@ -300,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--trials", type=int, default=4)
-    p.add_argument("--max-t", type=int, default=12)
+    p.add_argument("--max-t", type=int, default=20)
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--drain", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--min-gap", type=float, default=5.0, help="seconds between faults, at least")
-    p.add_argument("--max-gap", type=float, default=20.0)
+    p.add_argument("--max-gap", type=float, default=12.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the summary here")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
