@@ -1,18 +1,20 @@
 """Restarts of trials made visible: which trial lost its node (or was preempted), from which iteration it resumed
 and on which node.
 
-:class:`RestartLog` is a Tune callback of the sweep's driver. When Tune recovers a trial (FailureConfig) it
-notes the cause (the node died, the node was drained as on a spot preemption, or an error), the iteration of
-the checkpoint the trial resumes from, and the node it lost, and writes them to ``vidgan_restarts.json`` in the
-trial's folder on the sweep's storage (so they survive a driver restart and the trial reads them); at the
-trial's first result after the restart it says in one plain line of the sweep's log where it resumed. The
-trial puts them on its MLflow run (:func:`restart_tags`), and the comparison table and the summary count them.
+:class:`RestartRecorder` (as the Tune callback :class:`tune_jobs.restart_callback.RestartLog`) runs in the
+sweep's driver. When Tune recovers a trial (FailureConfig) it notes the cause (the node died, the node was
+drained as on a spot preemption, or an error), the iteration of the checkpoint the trial resumes from, and the
+node it lost, and writes them to ``vidgan_restarts.json`` in the trial's folder on the sweep's storage (so they
+survive a driver restart and the trial reads them); at the trial's first result after the restart it says in one
+plain line of the sweep's log where it resumed. The trial puts them on its MLflow run (:func:`restart_tags`),
+and the comparison table and the summary count them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -75,8 +77,6 @@ def restart_tags(restarts: list[dict[str, Any]]) -> dict[str, str]:
 
 def parse_restart_log(text: str) -> list[str]:
     """The causes in a :data:`TAG_RESTART_LOG` tag, in order (a cause may hold commas and colons)."""
-    import re
-
     return [m.group(2) for m in re.finditer(r"(?:^|,)(\d+):(.*?)(?=,\d+:|$)", text)]
 
 
@@ -104,8 +104,8 @@ def _short(node: str | None) -> str:
 
 
 class RestartRecorder:
-    """What :class:`RestartLog` (the Tune callback) does, without Ray: records each trial restart, says it in the
-    sweep log, keeps it on the sweep's storage."""
+    """What the Tune callback :class:`tune_jobs.restart_callback.RestartLog` does, without Ray: records each trial
+    restart, says it in the sweep log, keeps it on the sweep's storage."""
 
     def __init__(self) -> None:
         self.restarts: dict[str, list[dict[str, Any]]] = {}
@@ -163,15 +163,3 @@ class RestartRecorder:
     def count(self, trial_id: str) -> int:
         return len(self.restarts.get(trial_id, []))
 
-
-def __getattr__(name: str) -> Any:
-    """``RestartLog``: :class:`RestartRecorder` as a Tune callback. Made on first use, so that importing this module
-    (``vidgan sweep --check`` does, through tune_jobs.sweep) does not import Ray."""
-    if name == "RestartLog":
-        from ray.tune import Callback
-
-        cls = type("RestartLog", (RestartRecorder, Callback),
-                   {"__module__": __name__, "__doc__": RestartRecorder.__doc__})
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

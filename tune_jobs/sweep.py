@@ -465,7 +465,7 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
     """The Tune part of :func:`run_sweep`, once the parent run is open."""
     from ray import tune
 
-    from tune_jobs.restarts import RestartLog  # a Tune callback: made here, `--check` imports no Ray
+    from tune_jobs.restart_callback import RestartLog  # imports Ray: here, so `--check` imports none
 
     parent = state["parent_run_id"]
     ctx = SweepContext(spec=spec, sweep=name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
