@@ -782,7 +782,9 @@ def test_ctrl_c_during_ingest_is_one_line_and_resumes(tmp_path: Path) -> None:
 
     src = tmp_path / "src"
     _source_folder(src, 2, "a")
-    write_video(src / "b_long.mp4", frames=1500, width=32, height=32)  # the ingest is inside it when Ctrl-C comes
+    # long enough that the ingest is still inside it when Ctrl-C comes, also when the machine is busy (tests run on
+    # two workers) and this loop polls late
+    write_video(src / "b_long.mp4", frames=6000, width=32, height=32)
     write_video(src / "c.mp4", frames=32, width=40, height=32)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "vidgan.cli", "ingest", str(src), "--out", str(out), "--frames", "16",

@@ -38,6 +38,11 @@ def workdir(tmp_path_factory, ray_cluster):
     return root
 
 
+#: one I3D pass of 4 clips x 9 frames per evaluation (the raw generator only, no samples): for the tests that are
+#: about resuming, searching or exploiting, not about what an evaluation logs (the ASHA test checks that)
+LEAN_EVAL = {"every": 2, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 0, "generator": "raw"}
+
+
 def _spec(root: Path, **changes) -> dict:
     spec = {
         "name": "t",
@@ -166,6 +171,7 @@ def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
                 },
             },
             max_concurrent_trials=2,
+            eval=LEAN_EVAL,
         )
     )
     outcome = run_sweep(spec, name="search", verbose=0)
@@ -262,7 +268,7 @@ def _trial_pids(root: int) -> list[int]:
 
 
 def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: Path) -> None:
-    spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2})
+    spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2}, eval=LEAN_EVAL)
     proc = _start_sweep(workdir, spec, "kill", overrides=("train.lr=3e-4", "max_failures=2"))
     run_id = _wait_for_fvd_steps(workdir, "kill", 1, proc)
     pids = _trial_pids(os.getpid())
@@ -290,7 +296,7 @@ def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: 
 
 def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys) -> None:
     fifo = {"type": "fifo", "max_t": 6, "grace_period": 2}
-    spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo)
+    spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo, eval=LEAN_EVAL)
     proc = _start_sweep(workdir, spec, "resume")
     _wait_for_fvd_steps(workdir, "resume", 2, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
