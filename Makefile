@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=12 -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q --durations=12 -n 2 --dist loadfile --no-loadscope-reorder
 
 # Local rehearsal of the cluster path: fake multi-node Ray with fake GPU workers, `ray job submit`.
 rehearse: $(STAMP)

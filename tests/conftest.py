@@ -1,8 +1,9 @@
 """Shared fixtures. Ray is slow to start on 2 cores: one local cluster per test module that needs it.
 
-`make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``): every test that starts a Ray
-cluster (marked ``slow``, or using a Ray fixture) joins one group, which one worker runs in order, so there is never
-more than one Ray cluster at a time, while the other worker takes the tests that need no Ray.
+`make test` runs the suite on two pytest-xdist workers, a module at a time each (``-n 2 --dist loadfile
+--no-loadscope-reorder``): a module is never split (so its Ray cluster starts once, and at most two run at a
+time), and the longest modules go first, in the order of :data:`LONGEST_FIRST`, so that the two workers start
+on them and the short modules fill in beside them.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-#: the pytest-xdist group of the tests that start Ray (one worker runs them, one after another)
-RAY_GROUP = "ray"
-RAY_FIXTURES = {"ray_cluster", "metrics_ray"}
+#: modules by their time alone on 2 cores, longest first (xdist hands each worker the next module in this order, and
+#: one more: a short module third keeps the first worker free for the longest one)
+LONGEST_FIRST = ("test_sweep_e2e.py", "test_rehearsal.py", "test_cluster_config.py", "test_node_loss.py",
+                 "test_tracking_outage.py", "test_learning.py", "test_data_ray.py", "test_hostile.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("slow") or RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's own order kept
 
 
 @pytest.fixture(scope="module")
