@@ -332,8 +332,7 @@ def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the
         "mutations": {"lr": {"low": 1e-5, "high": 1e-2, "log": True}, "penalty_weight": {"low": 1.0, "high": 50.0}},
     }
     # one I3D pass of 2 clips x 9 frames per evaluation: no EMA generator to score too, no interval, no samples
-    lean_eval = {"every": 2, "n_real": 8, "n_fake": 2, "frames": 9, "batch_size": 4, "grid": 0,
-                 "generator": "raw", "bootstrap": 0}
+    lean_eval = {**LEAN_EVAL, "n_fake": 2, "bootstrap": 0}
     lean_train = {"batch_size": 4, "n_critic": 2, "ema": False}
     spec = parse_spec(_spec(workdir, name="pbt", scheduler=pbt, eval=lean_eval, train=lean_train))
     outcome = run_sweep(spec, name="pbt", verbose=0)
@@ -413,8 +412,7 @@ def test_asha_decides_on_the_smoothed_score_and_the_table_aggregates_seeds(workd
     monkeypatch.setattr(sweep, "_scheduler", recording)
     _RecordingASHA.seen.clear()
     # the raw generator only (one I3D pass per evaluation): the EMA path is the ASHA sweep's above
-    lean_eval = {"every": 1, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 0, "generator": "raw",
-                 "smoothing": {"rule": "mean_last", "k": 2}}
+    lean_eval = {**LEAN_EVAL, "every": 1, "smoothing": {"rule": "mean_last", "k": 2}}
     spec = parse_spec(_spec(workdir, name="smooth", seeds=[0, 1], eval=lean_eval, train={"batch_size": 4,
                             "n_critic": 2, "ema": False},
                             scheduler={"type": "asha", "max_t": 3, "grace_period": 2, "reduction_factor": 2}))
