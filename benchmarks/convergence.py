@@ -13,8 +13,8 @@ interval. Ours are scored through their moving average (EMA, what trials sample)
 Contenders:
 
 - ``--variants``: vidgan's trainer with these presets at the defaults (``TrainConfig()``, the preset's switches),
-  except what ``--lr``/``--betas``/``--n-critic``/``--batch``/``--width`` and ``--set KEY=VALUE`` (a Variant
-  field, e.g. ``layer_norm=true``) say;
+  except what ``--lr``/``--betas``/``--n-critic``/``--batch``/``--width``, ``--set KEY=VALUE`` (a Variant
+  field, e.g. ``layer_norm=true``) and ``--model KEY=VALUE`` (a ModelConfig field, e.g. ``minibatch_std=0``) say;
 - ``--minimal``: an independent minimal WGAN-GP written here (a plain DCGAN-style 3D GAN, PyTorch's default
   init, Adam (0.5, 0.9), lambda 10, 5 critic updates), on the same data, batch and width;
 - ``--paper-code PATH``: a checkout of talcron/frame-prediction-pytorch (the paper's code), whose models are
@@ -141,7 +141,7 @@ def make_ours(args: argparse.Namespace, name: str, model, batches: Iterator[torc
     trainer = Trainer(model, get_variant(name, **overrides), TrainConfig(batch_size=args.batch, seed=args.seed,
                                                                          **train), device="cpu")
     gens = {"ema": trainer.ema.module, "raw": trainer.generator} if trainer.ema else {"raw": trainer.generator}
-    label = name + "".join(f" {k}={v}" for k, v in overrides.items())
+    label = name + "".join(f" {k}={v}" for k, v in [*overrides.items(), *args.model])
     return Contender(label, lambda: trainer.train_iteration(batches), gens, model.z_dim)
 
 
@@ -307,6 +307,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="*", default=["gp", "zero_gp", "sn"])
     p.add_argument("--set", nargs="*", default=[], type=lambda s: tuple(s.split("=", 1)),
                    help="Variant fields for every variant, e.g. layer_norm=true")
+    p.add_argument("--model", nargs="*", default=[], type=lambda s: tuple(s.split("=", 1)),
+                   help="ModelConfig fields for ours, e.g. minibatch_std=0 edges=zero")
     p.add_argument("--minimal", action="store_true", help="also train the minimal WGAN-GP")
     p.add_argument("--paper-code", default=None, help="checkout of talcron/frame-prediction-pytorch")
     p.add_argument("--iterations", type=int, default=100_000)
@@ -347,7 +349,8 @@ def main() -> None:
     from vidgan.squares_score import squares_score
 
     shard_set = shards.describe(args.data)
-    model = ModelConfig(frames=shard_set.frames, size=shard_set.height, width=args.width, z_dim=args.z_dim)
+    model = ModelConfig(frames=shard_set.frames, size=shard_set.height, width=args.width, z_dim=args.z_dim,
+                        **dict(args.model))
     real = next(iter(arrow_clip_batches(args.data, 64, shuffle=False))).permute(0, 2, 3, 4, 1).numpy()
     real_score = squares_score(real)
     print(f"data {args.data}: {shard_set.clips} clips of {model.frames}x{model.size}x{model.size}; real clips score "

@@ -83,15 +83,15 @@ def _report(root: Path, capsys: pytest.CaptureFixture, *argv: str) -> str:
 
 
 def test_asha_sweep_stops_weak_trials_survives_divergence_and_logs_to_mlflow(workdir: Path, capsys) -> None:
-    # Six trials on 2 CPUs, each reserving 0.5 CPU + 1 CPU for its Ray Data tasks: more trials than free CPUs,
-    # so most wait (without deadlock). drift's penalty weight overflows fp32: that trial diverges, the sweep goes on.
+    # Six trials on 2 CPUs, each reserving 1 CPU (the in-process reader; the killed-trial test streams with Ray
+    # Data): more trials than free CPUs, so most wait. drift's penalty weight overflows fp32: that trial diverges,
+    # the sweep goes on.
     spec = parse_spec(
         _spec(
             workdir,
             name="asha",
             variants=["gp", "sn", "zero_gp", "one_sided", "r1", "drift"],
             overrides={"drift": {"penalty_weight": 1e39}},
-            resources={"cpu": 0.5, "data_cpu": 1, "threads": 2},  # trials stream with Ray Data
         )
     )
     outcome = run_sweep(spec, name="asha", verbose=0)
@@ -268,7 +268,10 @@ def _trial_pids(root: int) -> list[int]:
 
 
 def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: Path) -> None:
-    spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2}, eval=LEAN_EVAL)
+    # the trial streams its clips with Ray Data (1 CPU for the trainable + 1 for the data tasks: the whole cluster),
+    # before and after its restart
+    spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2}, eval=LEAN_EVAL,
+                 resources={"cpu": 1, "data_cpu": 1, "threads": 1})
     proc = _start_sweep(workdir, spec, "kill", overrides=("train.lr=3e-4", "max_failures=2"))
     run_id = _wait_for_fvd_steps(workdir, "kill", 1, proc)
     pids = _trial_pids(os.getpid())
