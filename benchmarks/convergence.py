@@ -14,7 +14,8 @@ Contenders:
 
 - ``--variants``: vidgan's trainer with these presets at the defaults (``TrainConfig()``, the preset's switches),
   except what ``--lr``/``--betas``/``--n-critic``/``--batch``/``--width``, ``--set KEY=VALUE`` (a Variant
-  field, e.g. ``layer_norm=true``) and ``--model KEY=VALUE`` (a ModelConfig field, e.g. ``minibatch_std=0``) say;
+  field, e.g. ``layer_norm=true``), ``--model KEY=VALUE`` (a ModelConfig field, e.g. ``minibatch_std=0``) and
+  ``--train KEY=VALUE`` (a TrainConfig field, e.g. ``critic_lr_ratio=4``) say;
 - ``--minimal``: an independent minimal WGAN-GP written here (a plain DCGAN-style 3D GAN, PyTorch's default
   init, Adam (0.5, 0.9), lambda 10, 5 critic updates), on the same data, batch and width;
 - ``--paper-code PATH``: a checkout of talcron/frame-prediction-pytorch (the paper's code), whose models are
@@ -138,10 +139,11 @@ def make_ours(args: argparse.Namespace, name: str, model, batches: Iterator[torc
 
     overrides = dict(args.set)
     train = {k: v for k, v in (("lr", args.lr), ("betas", args.betas), ("n_critic", args.n_critic)) if v is not None}
+    train.update(args.train)
     trainer = Trainer(model, get_variant(name, **overrides), TrainConfig(batch_size=args.batch, seed=args.seed,
                                                                          **train), device="cpu")
     gens = {"ema": trainer.ema.module, "raw": trainer.generator} if trainer.ema else {"raw": trainer.generator}
-    label = name + "".join(f" {k}={v}" for k, v in [*overrides.items(), *args.model])
+    label = name + "".join(f" {k}={v}" for k, v in [*overrides.items(), *args.model, *args.train])
     return Contender(label, lambda: trainer.train_iteration(batches), gens, model.z_dim)
 
 
@@ -309,6 +311,8 @@ def main() -> None:
                    help="Variant fields for every variant, e.g. layer_norm=true")
     p.add_argument("--model", nargs="*", default=[], type=lambda s: tuple(s.split("=", 1)),
                    help="ModelConfig fields for ours, e.g. minibatch_std=0 edges=zero")
+    p.add_argument("--train", nargs="*", default=[], type=lambda s: tuple(s.split("=", 1)),
+                   help="TrainConfig fields for ours, e.g. critic_lr_ratio=4")
     p.add_argument("--minimal", action="store_true", help="also train the minimal WGAN-GP")
     p.add_argument("--paper-code", default=None, help="checkout of talcron/frame-prediction-pytorch")
     p.add_argument("--iterations", type=int, default=100_000)

@@ -131,7 +131,8 @@ def open_batches(args: argparse.Namespace, pool: list[torch.Tensor]) -> Iterator
 
 def make_ours(args: argparse.Namespace, device: torch.device, pool: list[torch.Tensor]) -> Contender:
     model = ModelConfig(frames=args.frames, size=args.size, width=args.width, z_dim=args.z_dim)
-    train = TrainConfig(batch_size=args.batch, bf16=args.bf16, seed=args.seed)
+    # the paper's 5 critic updates per iteration (vidgan's default is 1), so an iteration is what the paper's runs
+    train = TrainConfig(batch_size=args.batch, n_critic=5, bf16=args.bf16, seed=args.seed)
     trainer = Trainer(model, get_variant(args.variant), train, device=device)
     if args.fp32_penalty:
         trainer.penalty_autocast = None

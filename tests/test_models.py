@@ -11,22 +11,41 @@ from vidgan.config import ModelConfig
 from vidgan.models import Critic, Generator, SameConv3d
 
 
+@pytest.mark.parametrize("head", ["ivgan", "linear"])
 @pytest.mark.parametrize(("frames", "size"), [(16, 32), (32, 64), (16, 128), (32, 32)])
-def test_shapes(frames: int, size: int) -> None:
-    cfg = ModelConfig(frames=frames, size=size, width=2, z_dim=8)
+def test_shapes(frames: int, size: int, head: str) -> None:
+    cfg = ModelConfig(frames=frames, size=size, width=2, z_dim=8, critic_head=head)
     gen, critic = Generator(cfg), Critic(cfg)
     video = gen(torch.randn(3, 8))
     assert video.shape == (3, 3, frames, size, size)
-    assert video.min() >= -1 and video.max() <= 1
     assert critic(video).shape == (3,)
+    tanh = Generator(cfg.model_copy(update={"output": "tanh"}))(torch.randn(3, 8))
+    assert tanh.min() >= -1 and tanh.max() <= 1
 
 
 def test_paper_config_parameter_count() -> None:
     gen = Generator(ModelConfig())
     assert sum(p.numel() for p in gen.parameters()) == pytest.approx(12.7e6, rel=0.01)
-    critic = Critic(ModelConfig())
+    critic = Critic(ModelConfig(critic_head="ivgan"))
     # the critic's final conv gives [1, 2, 2] -> Linear(4, 1), as in the original
     assert critic.head.in_features == 4
+    # the linear head reads the fourth block's 512 (+1 minibatch-std) channels at 2 x 4 x 4
+    assert Critic(ModelConfig(critic_head="linear", minibatch_std=4)).head.in_features == 513 * 32
+
+
+def test_ivgan_critic_head_starts_far_below_the_penalty_target_and_the_linear_one_near_it() -> None:
+    """At initialisation iVGAN's head (1-channel conv, LeakyReLU, Linear(1, 1) from N(0, 0.01^2)) gives an input
+    gradient of norm ~1e-3, which a gradient penalty (target 1) must first grow ~1000x; the linear head starts
+    within an order of magnitude of 1 (squares' shape, width 16, as benchmarks/convergence.py trains)."""
+    from vidgan.losses import input_gradient_norm
+
+    torch.manual_seed(0)
+    x = (torch.rand(8, 3, 16, 32, 32) * 2 - 1).requires_grad_(True)
+    norms = {}
+    for head in ("ivgan", "linear"):
+        critic = Critic(ModelConfig(frames=16, size=32, width=16, critic_head=head, minibatch_std=0))
+        norms[head] = input_gradient_norm(critic(x), x).mean().item()
+    assert norms["ivgan"] < 0.01 and 0.1 < norms["linear"] < 10, norms
 
 
 def test_original_initialisation_has_the_square_root() -> None:
@@ -48,9 +67,11 @@ def test_critic_layer_norm_is_per_channel_and_size_independent() -> None:
 
 
 def test_spectral_norm_wraps_every_critic_layer() -> None:
-    critic = Critic(ModelConfig(frames=16, size=32, width=4), spectral_norm=True, layer_norm=False)
-    layers = [m for m in critic.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.Linear)]
-    assert len(layers) == 6  # five convs and the linear head
+    for head, n_layers in (("ivgan", 6), ("linear", 5)):  # five convs or four, and the linear head
+        critic = Critic(ModelConfig(frames=16, size=32, width=4, critic_head=head), spectral_norm=True,
+                        layer_norm=False)
+        layers = [m for m in critic.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.Linear)]
+        assert len(layers) == n_layers
     assert all(hasattr(m, "parametrizations") and "weight" in m.parametrizations for m in layers)
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in critic.modules())
 
@@ -87,6 +108,33 @@ def test_replicate_edges_give_every_output_the_same_number_of_taps() -> None:
         k: v.shape for k, v in torch.nn.ConvTranspose3d(1, 1, 4, 2, padding=1).state_dict().items()}
 
 
+@pytest.mark.parametrize("edges", ["replicate", "zero"])
+def test_subpixel_deconvolution_is_the_transposed_convolution(edges: str) -> None:
+    """The CPU path (one kernel-2 conv3d + a pixel shuffle) gives PyTorch's transposed convolution's outputs and
+    gradients exactly, at odd sizes and a size of 1 too: only the arithmetic's order differs (float64 here)."""
+    import torch.nn.functional as F
+
+    from vidgan.models import subpixel_deconv3d
+
+    torch.manual_seed(0)
+    for c_in, c_out, size in [(5, 3, (1, 2, 3)), (4, 6, (3, 4, 4)), (2, 2, (2, 5, 1))]:
+        x = torch.randn(2, c_in, *size, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(c_in, c_out, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+        if edges == "zero":
+            ref = F.conv_transpose3d(x, w, b, stride=2, padding=1)
+        else:
+            ref = F.conv_transpose3d(F.pad(x, (1,) * 6, mode="replicate"), w, b, stride=2)[:, :, 3:-3, 3:-3, 3:-3]
+        out = subpixel_deconv3d(x, w, b, edges)
+        assert out.shape == ref.shape == (2, c_out, *(2 * n for n in size))
+        assert torch.allclose(out, ref, atol=1e-12)
+        g = torch.randn_like(ref)
+        grads_ref = torch.autograd.grad(ref, (x, w, b), g)
+        grads_out = torch.autograd.grad(out, (x, w, b), g)
+        for a, r in zip(grads_out, grads_ref, strict=True):
+            assert torch.allclose(a, r, atol=1e-10)
+
+
 def test_generator_edge_frames_start_like_the_others() -> None:
     """At initialisation the first and last frames of a zero-edged generator have about a third of the spread of
     the middle ones (the first frame 'darker and blurrier'); with replicated edges they match."""
@@ -94,7 +142,7 @@ def test_generator_edge_frames_start_like_the_others() -> None:
     z = torch.randn(32, 16)
     spreads = {}
     for edges in ("zero", "replicate"):
-        gen = Generator(ModelConfig(frames=16, size=32, width=8, z_dim=16, edges=edges))
+        gen = Generator(ModelConfig(frames=16, size=32, width=8, z_dim=16, edges=edges, output="tanh"))
         with torch.no_grad():
             x = torch.relu(gen.bn0(gen.fc(z).view(-1, gen.top, gen.t0, gen.s0, gen.s0)))
             pre = gen.net[:-1](x)  # before tanh
@@ -105,8 +153,9 @@ def test_generator_edge_frames_start_like_the_others() -> None:
 
 def test_layer_norm_makes_the_critic_blind_to_scale() -> None:
     """With layer norm and zero biases (as initialised) the critic scores a clip and the clip scaled by any a > 0
-    alike; without it the score scales with a (LeakyReLU and zero-bias convs are positively homogeneous)."""
-    cfg = ModelConfig(frames=16, size=32, width=4, z_dim=8)
+    alike; without it the score scales with a (LeakyReLU and zero-bias convs are positively homogeneous; iVGAN's
+    head, whose bias starts at zero)."""
+    cfg = ModelConfig(frames=16, size=32, width=4, z_dim=8, critic_head="ivgan")
     x = torch.rand(3, 3, 16, 32, 32) * 2 - 1
     torch.manual_seed(0)
     with torch.no_grad():

@@ -103,6 +103,19 @@ def test_checkpoint_holds_config_and_loads_weights_only(tmp_path) -> None:
     assert gen(torch.randn(2, TINY.z_dim)).shape == (2, 3, 16, 32, 32)
 
 
+def test_checkpoint_from_before_the_critic_head_option_loads_with_ivgans_head(tmp_path) -> None:
+    """A checkpoint written before ModelConfig had ``critic_head`` was trained with iVGAN's head: it loads as such,
+    whatever the default is now."""
+    model = TINY.model_copy(update={"critic_head": "ivgan"})
+    trainer = Trainer(model, get_variant("gp"), TRAIN)
+    state = trainer.state_dict()
+    del state["config"]["model"]["critic_head"]
+    torch.save(state, tmp_path / "old.pt")
+    restored = Trainer.load(tmp_path / "old.pt")
+    assert restored.model_cfg.critic_head == "ivgan"
+    assert torch.equal(restored.critic.head.weight, trainer.critic.head.weight)
+
+
 def test_non_finite_loss_raises_training_diverged() -> None:
     trainer = Trainer(TINY, get_variant("gp"), TRAIN)
     good = synthetic_batches(TINY, 3)
@@ -150,8 +163,9 @@ def test_restore_under_a_new_config_keeps_the_moments_and_takes_the_new_lr_and_b
     perturbed = TRAIN.model_copy(update={"lr": TRAIN.lr * 1.2, "betas": (0.4, 0.99)})
     clone = Trainer(TINY, get_variant("gp", penalty_weight=8.0), perturbed)
     clone.load_state_dict(read_checkpoint(path))
-    for opt, ref in ((clone.opt_g, donor.opt_g), (clone.opt_d, donor.opt_d)):
-        assert all(g["lr"] == pytest.approx(TRAIN.lr * 1.2) and g["betas"] == (0.4, 0.99) for g in opt.param_groups)
+    for opt, ref, ratio in ((clone.opt_g, donor.opt_g, 1), (clone.opt_d, donor.opt_d, TRAIN.critic_lr_ratio)):
+        assert all(g["lr"] == pytest.approx(TRAIN.lr * 1.2 * ratio) and g["betas"] == (0.4, 0.99)
+                   for g in opt.param_groups)
         first = next(iter(ref.state))
         index = list(ref.state).index(first)
         assert torch.equal(list(opt.state.values())[index]["exp_avg"], ref.state[first]["exp_avg"])
@@ -159,6 +173,20 @@ def test_restore_under_a_new_config_keeps_the_moments_and_takes_the_new_lr_and_b
     # a plain resume (same config) is unchanged by this
     same = Trainer.load(path)
     assert all(g["lr"] == TRAIN.lr and g["betas"] == TRAIN.betas for g in same.opt_g.param_groups)
+
+
+def test_critic_lr_ratio_sets_the_critics_lr_and_survives_a_restore(tmp_path) -> None:
+    """TTUR: the critic's lr is lr x critic_lr_ratio, at construction and after a PBT-style restore under a new lr."""
+    cfg = TRAIN.model_copy(update={"critic_lr_ratio": 4.0})
+    trainer = Trainer(TINY, get_variant("gp"), cfg)
+    assert [g["lr"] for g in trainer.opt_d.param_groups] == [pytest.approx(4 * TRAIN.lr)]
+    assert [g["lr"] for g in trainer.opt_g.param_groups] == [TRAIN.lr]
+    trainer.fit(synthetic_batches(TINY, TRAIN.batch_size), 1)
+    path = trainer.save(tmp_path / "ttur.pt")
+    clone = Trainer(TINY, get_variant("gp"), cfg.model_copy(update={"lr": 2 * TRAIN.lr}))
+    clone.load_state_dict(read_checkpoint(path))
+    assert [g["lr"] for g in clone.opt_d.param_groups] == [pytest.approx(8 * TRAIN.lr)]
+    assert Trainer.load(path).train_cfg.critic_lr_ratio == 4.0
 
 
 # ------------------------------------------------------------------ GPU sharing and the data path (issue #10)

@@ -34,19 +34,27 @@ class ModelConfig(_Config):
     # the generator's last activation: "tanh" (iVGAN) squashes into [-1, 1] and, once pushed far past a value the
     # data holds (a black background), passes almost no gradient back; "linear" leaves the range to the critic
     # (as StyleGAN does; clips are clamped when turned into pixels)
-    output: Literal["tanh", "linear"] = "tanh"
+    output: Literal["tanh", "linear"] = "linear"
     # the critic's minibatch standard deviation feature (vidgan.models.MinibatchStd) over groups of this many clips,
     # which lets it see a generator that makes one clip for every latent; 0: none (iVGAN and the paper)
-    minibatch_std: int = Field(4, ge=0, le=64)
+    minibatch_std: int = Field(0, ge=0, le=64)
+    # the critic's output: "ivgan" (iVGAN and the paper) convolves its last features down to one channel, applies a
+    # LeakyReLU and a Linear(., 1) head drawn from N(0, 0.01^2), so at initialisation its gradient with respect to
+    # the clip is ~1e-3 of the norm 1 a gradient penalty asks for; "linear" (DCGAN's, the minimal WGAN-GP's) feeds the
+    # last conv block's features straight to a Linear(., 1) head with PyTorch's default initialisation
+    critic_head: Literal["ivgan", "linear"] = "linear"
 
 
 class TrainConfig(_Config):
     """Optimisation schedule. One *iteration* is ``n_critic`` critic updates then one generator update."""
 
     batch_size: int = Field(64, ge=1)
-    n_critic: int = Field(5, ge=1, le=100)
+    n_critic: int = Field(1, ge=1, le=100)
     lr: float = Field(1e-4, gt=0, le=1.0)
-    betas: tuple[float, float] = (0.5, 0.999)
+    # the critic's learning rate is lr x this (the two time-scale update rule, Heusel et al. 2017); searches and PBT
+    # change lr and keep the ratio
+    critic_lr_ratio: float = Field(4.0, gt=0, le=100.0)
+    betas: tuple[float, float] = (0.5, 0.9)
     seed: int = 0
     bf16: bool = False  # bf16 autocast for the networks on CUDA; penalties stay in fp32
     # Moving average of the generator's weights (vidgan.ema, StyleGAN2-ADA's G_ema): half-life ema_kimg

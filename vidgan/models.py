@@ -12,7 +12,8 @@ Faithful to the original TensorFlow iVGAN, not to the PyTorch port the paper use
   sampling (no running statistics that a short run would leave unconverged).
 - Critic: layer norm over each sample's C x T x H x W with one scale and shift per channel (TF's
   ``layer_norm``), so it works at any input size; LeakyReLU(0.2); last conv to one channel followed by
-  LeakyReLU, flattened, and a Linear(., 1) head with no output activation.
+  LeakyReLU, flattened, and a Linear(., 1) head with no output activation (``critic_head: ivgan``;
+  ``linear`` feeds the fourth block's features to the head directly).
 - Convs use TF "SAME" padding (equal to padding 1 for even sizes; asymmetric for a size of 1, which
   16-frame clips reach in the critic's last conv).
 
@@ -63,22 +64,55 @@ class BatchNormShift(nn.Module):
         return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def subpixel_deconv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, edges: str) -> torch.Tensor:
+    """A kernel-4, stride-2 transposed convolution of ``x`` padded by one element on every side (``edges``:
+    "replicate" or "zero"), cropped to twice the input's size: ``conv_transpose3d(pad(x), weight, bias, stride=2)``
+    without its three outer elements per side (replicate) or ``conv_transpose3d(x, weight, bias, 2, padding=1)``
+    (zero), exactly, computed as one stride-1, kernel-2 ``conv3d`` with eight times the output channels followed
+    by a 3D pixel shuffle.
+
+    Along one axis a stride-2 transposed conv gives output ``2m + r`` (``r`` in {0, 1}) the sum
+    ``x[m] W[r] + x[m - 1] W[2 + r]``: a kernel-2 correlation per parity ``r``. PyTorch's CPU build has no fast
+    3D transposed convolution (it takes a generic path ~8x slower per multiply-add than its oneDNN ``conv3d``
+    here); this form runs on ``conv3d``. ``weight`` is a ``ConvTranspose3d``'s ``[c_in, c_out, 4, 4, 4]``.
+    """
+    c_in, c_out = weight.shape[:2]
+    # tap k = 2 j + r of the transposed kernel is tap 1 - j of parity r's correlation kernel
+    w = weight.view(c_in, c_out, 2, 2, 2, 2, 2, 2).flip(2, 4, 6)  # [ci, co, jt, rt, jh, rh, jw, rw]
+    kernel = w.permute(3, 5, 7, 1, 0, 2, 4, 6).reshape(8 * c_out, c_in, 2, 2, 2)
+    y = F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate" if edges == "replicate" else "constant"), kernel)
+    b, _, t, h, w_ = y.shape  # each n + 1: outputs 2 m + r for m in [0, n] along each axis, of which 1 .. 2n
+    y = y.view(b, 2, 2, 2, c_out, t, h, w_).permute(0, 4, 5, 1, 6, 2, 7, 3).reshape(b, c_out, 2 * t, 2 * h, 2 * w_)
+    y = y[:, :, 1:-1, 1:-1, 1:-1]
+    return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
+
+
 class EdgeDeconv3d(nn.ConvTranspose3d):
     """ConvTranspose3d k4 s2 whose outputs at the clip's edges (first and last frame, border rows and columns)
-    sum as many kernel taps as the interior ones.
+    sum as many kernel taps as the interior ones (``edges="replicate"``), or iVGAN's padding 1 (``edges="zero"``).
 
     With padding 1 (TF "SAME"; iVGAN and the paper), output ``o`` sums the inputs ``i`` with ``o = 2i - 1 + k``: two
     taps per axis inside, one at each edge, so an edge output gets half the terms of an inner one along each axis
     and, through four layers, starts with a third of their spread (the first and last frame darker and blurrier,
-    as seen on the GPU). Here the input is first padded by one replicated element on every side, transposed with
-    no padding, and the result cropped to ``2n``: every output sums exactly two taps per axis. Same weights and
-    parameter names as ``nn.ConvTranspose3d(c_in, c_out, 4, 2, padding=1)``.
+    as seen on the GPU). With ``replicate`` the input is first padded by one replicated element on every side,
+    transposed with no padding, and the result cropped to ``2n``: every output sums exactly two taps per axis.
+
+    Same weights and parameter names as ``nn.ConvTranspose3d(c_in, c_out, 4, 2, padding=1)``. On the CPU the
+    convolution runs as :func:`subpixel_deconv3d` (the same numbers, several times faster there); elsewhere as
+    PyTorch's transposed convolution.
     """
 
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(c_in, c_out, KERNEL, STRIDE, padding=0)
+    def __init__(self, c_in: int, c_out: int, edges: str = "replicate") -> None:
+        if edges not in ("replicate", "zero"):
+            raise ValueError(f"edges must be 'replicate' or 'zero', got {edges!r}")
+        super().__init__(c_in, c_out, KERNEL, STRIDE, padding=1 if edges == "zero" else 0)
+        self.edges = edges
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.device.type == "cpu":
+            return subpixel_deconv3d(x, self.weight, self.bias, self.edges)
+        if self.edges == "zero":
+            return super().forward(x)
         y = super().forward(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"))
         t, h, w = (2 * n for n in x.shape[2:])
         return y[:, :, 3 : 3 + t, 3 : 3 + h, 3 : 3 + w]
@@ -104,10 +138,11 @@ class ResizeConv3d(nn.Module):
 
 
 class Generator(nn.Module):
-    """z [B, z_dim] -> video [B, 3, T, H, W] in [-1, 1].
+    """z [B, z_dim] -> video [B, 3, T, H, W], pixels at [-1, 1] (``cfg.output``: ``linear``, the default, leaves the
+    range to the critic and values beyond it are clamped when clips become pixels; ``tanh``, iVGAN's, squashes).
 
     ``cfg.edges`` says how the transposed convolutions treat the clip's edges: ``replicate`` (default,
-    :class:`EdgeDeconv3d`) or ``zero`` (padding 1, as iVGAN and the paper's code).
+    :class:`EdgeDeconv3d`), ``zero`` (padding 1, as iVGAN and the paper's code) or ``resize``.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -129,10 +164,8 @@ class Generator(nn.Module):
         for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
             if cfg.edges == "resize":
                 deconv: nn.Module = ResizeConv3d(c_in, c_out, (t_first if i == 0 else 2, 2, 2))
-            elif cfg.edges == "replicate":
-                deconv = EdgeDeconv3d(c_in, c_out)
             else:
-                deconv = nn.ConvTranspose3d(c_in, c_out, KERNEL, STRIDE, padding=1)
+                deconv = EdgeDeconv3d(c_in, c_out, cfg.edges)
             if isinstance(deconv, nn.ConvTranspose3d):
                 _ivgan_uniform_(deconv.weight, c_in, c_out)
                 nn.init.zeros_(deconv.bias)
@@ -199,12 +232,21 @@ class MinibatchStd(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
-def critic_head_inputs(cfg: ModelConfig) -> int:
-    """Number of values the critic's last conv produces per sample (4 for 32 x 64 x 64)."""
+def _positions(cfg: ModelConfig, convs: int) -> int:
     t, s = cfg.frames, cfg.size
-    for _ in range(5):
+    for _ in range(convs):
         t, s = -(-t // STRIDE), -(-s // STRIDE)
     return t * s * s
+
+
+def critic_feature_positions(cfg: ModelConfig) -> int:
+    """Positions (T x H x W) of the critic's last conv block's features (16 for 32 x 64 x 64)."""
+    return _positions(cfg, 4)
+
+
+def critic_head_inputs(cfg: ModelConfig) -> int:
+    """Number of values the iVGAN critic's last conv produces per sample (4 for 32 x 64 x 64)."""
+    return _positions(cfg, 5)
 
 
 class Critic(nn.Module):
@@ -226,9 +268,14 @@ class Critic(nn.Module):
         if cfg.minibatch_std:
             blocks.append(MinibatchStd(cfg.minibatch_std))
             extra = 1
-        blocks += [wrap(SameConv3d(8 * w + extra, 1)), nn.LeakyReLU(0.2), nn.Flatten()]
+        if cfg.critic_head == "ivgan":
+            blocks += [wrap(SameConv3d(8 * w + extra, 1)), nn.LeakyReLU(0.2), nn.Flatten()]
+            head = _linear(critic_head_inputs(cfg), 1)
+        else:
+            blocks.append(nn.Flatten())
+            head = nn.Linear((8 * w + extra) * critic_feature_positions(cfg), 1)  # PyTorch's default init
         self.features = nn.Sequential(*blocks)
-        self.head = wrap(_linear(critic_head_inputs(cfg), 1))
+        self.head = wrap(head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).squeeze(1)

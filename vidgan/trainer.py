@@ -143,7 +143,8 @@ class Trainer:
         # CUDA: one fused kernel per optimiser step instead of a dozen launches per parameter; CPU as before
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=train.betas, **fused)
-        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=train.lr, betas=train.betas, **fused)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=train.lr * train.critic_lr_ratio,
+                                      betas=train.betas, **fused)
         # Noise and interpolation weights come from the trainer's own generator, saved in checkpoints.
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(train.seed + 1)
@@ -340,10 +341,11 @@ class Trainer:
 
     def apply_hyperparameters(self) -> None:
         """Set both optimisers' lr and betas from ``train_cfg`` (after loading their state)."""
-        for opt in (self.opt_g, self.opt_d):
+        cfg = self.train_cfg
+        for opt, lr in ((self.opt_g, cfg.lr), (self.opt_d, cfg.lr * cfg.critic_lr_ratio)):
             for group in opt.param_groups:
-                group["lr"] = self.train_cfg.lr
-                group["betas"] = tuple(self.train_cfg.betas)
+                group["lr"] = lr
+                group["betas"] = tuple(cfg.betas)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint atomically (:func:`vidgan.files.atomic_write`)."""
@@ -416,10 +418,14 @@ def _unfit(path: str | os.PathLike) -> Iterator[None]:
         raise CheckpointError(f"checkpoint {path} is not a usable vidgan checkpoint ({detail})") from None
 
 
+#: model fields added after checkpoints were first written, with the value every older checkpoint was trained with
+_MODEL_FIELDS_BEFORE = {"critic_head": "ivgan"}
+
+
 def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant, TrainConfig]:
     cfg = state["config"]
     return (
-        ModelConfig.model_validate(cfg["model"]),
+        ModelConfig.model_validate({**_MODEL_FIELDS_BEFORE, **cfg["model"]}),
         Variant.model_validate(cfg["variant"]),
         TrainConfig.model_validate(cfg["train"]),
     )
