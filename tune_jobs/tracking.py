@@ -462,6 +462,9 @@ def log_generator(uri: str, run_id: str, checkpoint: str | os.PathLike, name: st
     from vidgan.trainer import load_generator
 
     generator, model = load_generator(checkpoint)
+    # clips in the pixel range whatever the output layer (``output: linear`` leaves it to the critic; samples, FVD and
+    # the score clamp it too): Hardtanh is clamp(-1, 1)
+    generator = torch.nn.Sequential(generator, torch.nn.Hardtanh()).eval()
     z = torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         clips = generator(z)
