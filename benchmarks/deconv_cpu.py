@@ -19,15 +19,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-
-
-def native_deconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, edges: str) -> torch.Tensor:
-    """PyTorch's own transposed convolution, as :class:`vidgan.models.EdgeDeconv3d` runs it off the CPU."""
-    if edges == "zero":
-        return F.conv_transpose3d(x, weight, bias, stride=2, padding=1)
-    y = F.conv_transpose3d(F.pad(x, (1,) * 6, mode="replicate"), weight, bias, stride=2)
-    return y[:, :, 3:-3, 3:-3, 3:-3]
 
 
 def layer_step(f: Callable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad: bool) -> None:
@@ -60,7 +51,7 @@ def main() -> None:
     from vidgan.trainer import Trainer
     from vidgan.variants import get_variant
 
-    paths = {"conv_transpose3d": native_deconv, "subpixel": models.subpixel_deconv3d}
+    paths = {"conv_transpose3d": models.transposed_deconv3d, "subpixel": models.subpixel_deconv3d}
     print(f"torch {torch.__version__}, {args.threads} threads, width {args.width}, batch {args.batch}")
     w = args.width
     for c_in, c_out, size in [(8 * w, 4 * w, (1, 2, 2)), (4 * w, 2 * w, (2, 4, 4)), (2 * w, w, (4, 8, 8)),

@@ -104,15 +104,18 @@ def test_checkpoint_holds_config_and_loads_weights_only(tmp_path) -> None:
 
 
 def test_checkpoint_from_before_the_critic_head_option_loads_with_ivgans_head(tmp_path) -> None:
-    """A checkpoint written before ModelConfig had ``critic_head`` was trained with iVGAN's head: it loads as such,
-    whatever the default is now."""
+    """A checkpoint written before ModelConfig had ``critic_head`` (and TrainConfig ``critic_lr_ratio``) was trained
+    with iVGAN's head and one lr for both networks: it loads as such, whatever the defaults are now."""
     model = TINY.model_copy(update={"critic_head": "ivgan"})
-    trainer = Trainer(model, get_variant("gp"), TRAIN)
+    trainer = Trainer(model, get_variant("gp"), TRAIN.model_copy(update={"critic_lr_ratio": 1.0}))
     state = trainer.state_dict()
     del state["config"]["model"]["critic_head"]
+    del state["config"]["train"]["critic_lr_ratio"]
     torch.save(state, tmp_path / "old.pt")
     restored = Trainer.load(tmp_path / "old.pt")
     assert restored.model_cfg.critic_head == "ivgan"
+    assert restored.train_cfg.critic_lr_ratio == 1.0
+    assert [g["lr"] for g in restored.opt_d.param_groups] == [TRAIN.lr]
     assert torch.equal(restored.critic.head.weight, trainer.critic.head.weight)
 
 

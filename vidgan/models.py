@@ -87,6 +87,15 @@ def subpixel_deconv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
 
 
+def transposed_deconv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, edges: str) -> torch.Tensor:
+    """What :func:`subpixel_deconv3d` computes, by PyTorch's own ``conv_transpose3d`` (its fast path on CUDA)."""
+    if edges == "zero":
+        return F.conv_transpose3d(x, weight, bias, stride=STRIDE, padding=1)
+    y = F.conv_transpose3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), weight, bias, stride=STRIDE)
+    t, h, w = (2 * n for n in x.shape[2:])
+    return y[:, :, 3 : 3 + t, 3 : 3 + h, 3 : 3 + w]
+
+
 class EdgeDeconv3d(nn.ConvTranspose3d):
     """ConvTranspose3d k4 s2 whose outputs at the clip's edges (first and last frame, border rows and columns)
     sum as many kernel taps as the interior ones (``edges="replicate"``), or iVGAN's padding 1 (``edges="zero"``).
@@ -109,13 +118,8 @@ class EdgeDeconv3d(nn.ConvTranspose3d):
         self.edges = edges
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if x.device.type == "cpu":
-            return subpixel_deconv3d(x, self.weight, self.bias, self.edges)
-        if self.edges == "zero":
-            return super().forward(x)
-        y = super().forward(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"))
-        t, h, w = (2 * n for n in x.shape[2:])
-        return y[:, :, 3 : 3 + t, 3 : 3 + h, 3 : 3 + w]
+        deconv = subpixel_deconv3d if x.device.type == "cpu" else transposed_deconv3d
+        return deconv(x, self.weight, self.bias, self.edges)
 
 
 class ResizeConv3d(nn.Module):

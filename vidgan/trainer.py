@@ -418,8 +418,10 @@ def _unfit(path: str | os.PathLike) -> Iterator[None]:
         raise CheckpointError(f"checkpoint {path} is not a usable vidgan checkpoint ({detail})") from None
 
 
-#: model fields added after checkpoints were first written, with the value every older checkpoint was trained with
+#: fields added after checkpoints were first written, with the value every older checkpoint was trained with (the
+#: defaults changed with them: an older checkpoint must not resume under the new ones)
 _MODEL_FIELDS_BEFORE = {"critic_head": "ivgan"}
+_TRAIN_FIELDS_BEFORE = {"critic_lr_ratio": 1.0}
 
 
 def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant, TrainConfig]:
@@ -427,7 +429,7 @@ def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant
     return (
         ModelConfig.model_validate({**_MODEL_FIELDS_BEFORE, **cfg["model"]}),
         Variant.model_validate(cfg["variant"]),
-        TrainConfig.model_validate(cfg["train"]),
+        TrainConfig.model_validate({**_TRAIN_FIELDS_BEFORE, **cfg["train"]}),
     )
 
 
