@@ -7,6 +7,7 @@ meaningless at this N, but the whole path runs: Ray Data stream, I3D, ASHA, Optu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -297,7 +298,7 @@ def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: 
     assert logged["train"] == {"batch_size": 4, "n_critic": 2, "lr": 3e-4} and logged["max_failures"] == 2
 
 
-def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys) -> None:
+def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys, caplog) -> None:
     fifo = {"type": "fifo", "max_t": 6, "grace_period": 2}
     spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo, eval=LEAN_EVAL)
     proc = _start_sweep(workdir, spec, "resume")
@@ -311,7 +312,12 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys) -> None:
     ends = [line.rsplit("|", 2)[1].strip() for line in killed.splitlines() if line.startswith(("| gp |", "| sn |"))]
     assert "unfinished" in ends and set(ends) <= {"unfinished", "completed"}, killed  # the other may have ended
 
-    outcome = run_sweep(parse_spec(spec), name="resume", resume=True, verbose=0)
+    # resumed from an edited spec (as from a vidgan whose defaults changed): the trials keep what they started with
+    edited = {**spec, "train": {**spec["train"], "n_critic": 3}}
+    with caplog.at_level(logging.WARNING, logger="tune_jobs.sweep"):
+        outcome = run_sweep(parse_spec(edited), name="resume", resume=True, verbose=0)
+    assert [r.getMessage() for r in caplog.records if "--resume keeps" in r.getMessage()] == [
+        "--resume keeps the setting the sweep started with: train.n_critic: 2 (the spec now gives 3)"]
     # by the parent run's id, once it has ended: the same trials, ended the same way after the same iterations
     # (FVDs may differ where the kill made a trial evaluate a step twice: MLflow's last value vs Tune's record)
     finished = _report(workdir, capsys, parent)
@@ -324,6 +330,7 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys) -> None:
     assert len(nested) == 2  # no duplicate runs after the resume
     for run in nested:
         assert {m.step for m in _client(workdir).get_metric_history(run.info.run_id, "fvd")} == {2, 4, 6}
+        assert run.data.params["train.n_critic"] == "2"
 
 
 def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the_donor(workdir: Path) -> None:

@@ -178,3 +178,29 @@ def test_define_by_run_space_is_conditional_and_fair() -> None:
         assert all(name.startswith(v + ".") for name in trial.asked)
         assert isinstance(config["n_critic"], int)
     assert picked == variants * 2  # equal budget: variants take turns
+
+
+def test_a_resumed_sweep_keeps_the_settings_it_started_with() -> None:
+    """Defaults that change between a sweep's start and its --resume (or an edited spec) do not reach its trials:
+    the state file's settings (JSON, defaults included) win, and each difference is named."""
+    import json
+
+    from tune_jobs.pinning import pin_to_start, resolved_settings
+
+    started = parse_spec(_with("model", {**BASE["model"], "critic_head": "ivgan", "output": "tanh"}))
+    recorded = json.loads(json.dumps(resolved_settings(started)))  # as the state file keeps it
+    recorded["variants"]["gp"]["layer_norm"] = True  # as if gp's preset had the layer norm then
+    recorded["train"]["n_critic"] = 5  # ... and n_critic defaulted to 5
+    now = parse_spec(BASE)
+    pinned, lines = pin_to_start(now, recorded)
+    assert (pinned.model.critic_head, pinned.model.output, pinned.train.n_critic) == ("ivgan", "tanh", 5)
+    assert pinned.variant("gp").layer_norm and not now.variant("gp").layer_norm
+    assert pinned.variant("sn") == now.variant("sn")
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "model.critic_head", "model.output", "train.n_critic", "variant gp.layer_norm"]
+    assert "'ivgan' (the spec now gives 'linear')" in " ".join(lines)
+    assert pin_to_start(pinned, recorded) == (pinned, [])  # nothing differs: nothing to say
+
+    recorded["variants"]["sn"]["penalty"] = "r1"  # not a switch that overrides can carry
+    with pytest.raises(SpecError, match="variant 'sn' has changed its penalty"):
+        pin_to_start(now, recorded)

@@ -26,6 +26,7 @@ from typing import Any
 
 from tune_jobs import explore, report, runtime, tracking
 from tune_jobs.overrides import TAG_OVERRIDES
+from tune_jobs.pinning import pin_to_start, resolved_settings
 from tune_jobs.resources import trial_resources
 from tune_jobs.restarts import read_restarts, restart_line, restart_sentence, restart_tags
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
@@ -286,6 +287,18 @@ def _read_state(path: str) -> dict[str, Any] | None:
         return None
 
 
+def _pin_resumed(spec: SweepSpec, state: dict[str, Any]) -> SweepSpec:
+    """The spec a resumed sweep runs: its trials keep the settings the sweep started with (tune_jobs.pinning)."""
+    if "settings" not in state:
+        log.warning("--resume: this sweep was started by a vidgan that did not record its settings; what its spec "
+                    "leaves out takes this version's defaults")
+        return spec
+    spec, changed = pin_to_start(spec, state["settings"])
+    for line in changed:
+        log.warning("--resume keeps the setting the sweep started with: %s", line)
+    return spec
+
+
 def _latest_sweep(storage: str, prefix: str) -> str | None:
     import pyarrow.fs as pafs
 
@@ -418,6 +431,8 @@ def run_sweep(
         raise SpecError(f"--resume: nothing to resume at {exp_path}")
     if not resume and state is not None:
         raise SpecError(f"sweep {name!r} already exists at {exp_path}: use --resume or another --name")
+    if resume and state is not None:
+        spec = _pin_resumed(spec, state)
 
     prepare_datasets(spec)
 
@@ -453,7 +468,8 @@ def run_sweep(
             tracker = tracking.Tracker(uri, parent)
             view = tracking.share_trials_view(uri, experiment_id, parent, name, spec.eval.every)
             log_sweep_start(tracker, spec, name, view)
-            state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name}
+            state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "sweep": name,
+                     "settings": resolved_settings(spec)}
             _write_state(exp_path, state)
     parent = state["parent_run_id"]
     with parent_failed_on_error(uri, parent):
