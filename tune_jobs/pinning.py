@@ -43,7 +43,7 @@ def pin_to_start(spec: SweepSpec, started: dict[str, Any]) -> tuple[SweepSpec, l
         if name not in now["variants"]:
             continue
         changed = {k: v for k, v in fields.items() if now["variants"][name].get(k) != v and k != "name"}
-        lines += _differences(f"variant {name}", {k: fields[k] for k in changed}, now["variants"][name])
+        lines += _differences(f"variant {name}", changed, now["variants"][name])
         not_switches = sorted(k for k, v in changed.items() if not isinstance(v, bool | int | float))
         if not_switches:
             raise SpecError(f"--resume: variant {name!r} has changed its {', '.join(not_switches)} since the sweep "
