@@ -1,8 +1,12 @@
-"""The generator's transposed convolutions on the CPU: PyTorch's ``conv_transpose3d`` against vidgan's
-sub-pixel form (:func:`vidgan.models.subpixel_deconv3d`, one kernel-2 ``conv3d`` + a pixel shuffle, the same
-numbers), layer by layer and for whole training iterations.
+"""The generator's upsampling convolutions on the CPU: PyTorch's own form against vidgan's sub-pixel form (one
+kernel-2 ``conv3d`` + a pixel shuffle, the same numbers), layer by layer and for whole training iterations.
 
-    .venv/bin/python benchmarks/deconv_cpu.py --threads 2
+    .venv/bin/python benchmarks/deconv_cpu.py --threads 2                  # edges replicate: conv_transpose3d
+    .venv/bin/python benchmarks/deconv_cpu.py --threads 2 --edges resize   # nearest upsampling + 3x3x3 conv3d
+
+``--edges replicate`` (or ``zero``) times :func:`vidgan.models.subpixel_deconv3d` against ``conv_transpose3d``;
+``--edges resize`` times :func:`vidgan.models.subpixel_resize_conv3d` against ``interpolate`` + ``conv3d`` (the
+first layer of a 16-frame generator doubles space only and takes the plain path either way).
 
 Layers: the four of a width-16 generator for 16 frames of 32x32 at batch 16 (``--width``, ``--batch``), forward
 alone (what every critic update spends on its fakes) and forward + backward (the generator update), replicated
@@ -19,10 +23,11 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 def layer_step(f: Callable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad: bool) -> None:
-    y = f(x, weight, bias, "replicate")
+    y = f(x, weight, bias)
     if grad:
         y.sum().backward()
 
@@ -42,6 +47,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-critic", type=int, nargs="*", default=[5, 1])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--edges", choices=["replicate", "zero", "resize"], default="replicate")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -51,14 +57,27 @@ def main() -> None:
     from vidgan.trainer import Trainer
     from vidgan.variants import get_variant
 
-    paths = {"conv_transpose3d": models.transposed_deconv3d, "subpixel": models.subpixel_deconv3d}
-    print(f"torch {torch.__version__}, {args.threads} threads, width {args.width}, batch {args.batch}")
+    if args.edges == "resize":
+        # what ResizeConv3d computes with PyTorch's own ops (replicated edges), and the sub-pixel form it uses
+        paths: dict[str, Callable] = {
+            "interpolate + conv3d": lambda x, w, b: F.conv3d(
+                F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1,) * 6, mode="replicate"), w, b),
+            "subpixel": models.subpixel_resize_conv3d,
+        }
+        attr = "subpixel_resize_conv3d"
+    else:
+        paths = {"conv_transpose3d": lambda x, w, b: models.transposed_deconv3d(x, w, b, args.edges),
+                 "subpixel": lambda x, w, b: models.subpixel_deconv3d(x, w, b, args.edges)}
+        attr = "subpixel_deconv3d"
+    print(f"torch {torch.__version__}, {args.threads} threads, width {args.width}, batch {args.batch}, "
+          f"edges {args.edges}")
     w = args.width
-    for c_in, c_out, size in [(8 * w, 4 * w, (1, 2, 2)), (4 * w, 2 * w, (2, 4, 4)), (2 * w, w, (4, 8, 8)),
-                              (w, 3, (8, 16, 16))]:
+    layers = [(8 * w, 4 * w, (1, 2, 2)), (4 * w, 2 * w, (2, 4, 4)), (2 * w, w, (4, 8, 8)), (w, 3, (8, 16, 16))]
+    for c_in, c_out, size in layers[1:] if args.edges == "resize" else layers:
         for grad in (False, True):
             x = torch.randn(args.batch, c_in, *size, requires_grad=grad)
-            weight = (torch.randn(c_in, c_out, 4, 4, 4) * 0.05).requires_grad_(grad)
+            shape = (c_out, c_in, 3, 3, 3) if args.edges == "resize" else (c_in, c_out, 4, 4, 4)
+            weight = (torch.randn(*shape) * 0.05).requires_grad_(grad)
             bias = torch.zeros(c_out, requires_grad=grad)
             times: dict[str, list[float]] = {k: [] for k in paths}
             for _ in range(args.repeats):
@@ -69,13 +88,15 @@ def main() -> None:
             print(f"layer {c_in:>4} -> {c_out:<3} from {size}, {'forward + backward' if grad else 'forward'}: {cells}",
                   flush=True)
 
-    model = ModelConfig(frames=16, size=32, width=w)
-    subpixel = models.subpixel_deconv3d
+    model = ModelConfig(frames=16, size=32, width=w, edges=args.edges)
+    fast = getattr(models, attr)
+    plain = next(f for k, f in paths.items() if k != "subpixel")
     for n_critic in args.n_critic:
         times = {k: [] for k in paths}
         for _ in range(args.repeats):
-            for name, f in paths.items():
-                models.subpixel_deconv3d = f  # what EdgeDeconv3d.forward calls on the CPU
+            for name in paths:
+                # what the layer's forward calls on the CPU (EdgeDeconv3d also passes its edges, already in plain)
+                setattr(models, attr, fast if name == "subpixel" else lambda x, w, b, *_, plain=plain: plain(x, w, b))
                 try:
                     trainer = Trainer(model, get_variant("gp"), TrainConfig(batch_size=args.batch, n_critic=n_critic),
                                       device="cpu")
@@ -83,7 +104,7 @@ def main() -> None:
                     n = max(30 // n_critic, 5)
                     times[name].append(timed(lambda trainer=trainer, batches=batches: trainer.fit(batches, 1), n))
                 finally:
-                    models.subpixel_deconv3d = subpixel
+                    setattr(models, attr, fast)
         cells = ", ".join(f"{k} {statistics.median(v) * 1e3:.0f} ms" for k, v in times.items())
         print(f"gp iteration, n_critic {n_critic}: {cells}", flush=True)
 

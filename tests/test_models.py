@@ -135,6 +135,43 @@ def test_subpixel_deconvolution_is_the_transposed_convolution(edges: str) -> Non
             assert torch.allclose(a, r, atol=1e-10)
 
 
+def test_subpixel_resize_convolution_is_nearest_upsampling_then_the_convolution() -> None:
+    """The CPU path of ``edges: resize`` (one kernel-2 conv3d + a pixel shuffle) gives nearest doubling followed by
+    the 3x3x3 convolution over replicated edges exactly, outputs and gradients, at odd sizes and a size of 1 too;
+    a generator with resize edges samples the same clips either way."""
+    import torch.nn.functional as F
+
+    from vidgan import models
+    from vidgan.models import Generator, ResizeConv3d, subpixel_resize_conv3d
+
+    torch.manual_seed(0)
+    for c_in, c_out, size in [(5, 3, (1, 2, 3)), (4, 6, (3, 4, 4)), (2, 2, (2, 5, 1))]:
+        x = torch.randn(2, c_in, *size, dtype=torch.float64, requires_grad=True)
+        layer = ResizeConv3d(c_in, c_out).double()
+        w, b = layer.conv.weight, layer.conv.bias
+        torch.nn.init.normal_(b)
+        ref = layer.conv(F.interpolate(x, scale_factor=2, mode="nearest"))  # padding_mode="replicate"
+        out = subpixel_resize_conv3d(x, w, b)
+        assert out.shape == ref.shape == (2, c_out, *(2 * n for n in size))
+        assert torch.allclose(out, ref, atol=1e-12)
+        assert torch.equal(layer(x), out)  # the module takes this path on the CPU
+        g = torch.randn_like(ref)
+        for a, r in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g), strict=True):
+            assert torch.allclose(a, r, atol=1e-10)
+
+    gen = Generator(ModelConfig(frames=16, size=32, width=4, z_dim=8, edges="resize")).double()
+    z = torch.randn(3, 8, dtype=torch.float64)
+    fast = gen(z)
+    plain = models.subpixel_resize_conv3d
+    try:
+        models.subpixel_resize_conv3d = lambda x, w, b: F.conv3d(
+            F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1,) * 6, mode="replicate"), w, b)
+        slow = gen(z)
+    finally:
+        models.subpixel_resize_conv3d = plain
+    assert fast.shape == (3, 3, 16, 32, 32) and torch.allclose(fast, slow, atol=1e-12)
+
+
 def test_generator_edge_frames_start_like_the_others() -> None:
     """At initialisation the first and last frames of a zero-edged generator have about a third of the spread of
     the middle ones (the first frame 'darker and blurrier'); with replicated edges they match."""
