@@ -105,15 +105,19 @@ def test_checkpoint_holds_config_and_loads_weights_only(tmp_path) -> None:
 
 def test_checkpoint_from_before_the_critic_head_option_loads_with_ivgans_head(tmp_path) -> None:
     """A checkpoint written before ModelConfig had ``critic_head`` (and TrainConfig ``critic_lr_ratio``) was trained
-    with iVGAN's head and one lr for both networks: it loads as such, whatever the defaults are now."""
-    model = TINY.model_copy(update={"critic_head": "ivgan"})
+    with iVGAN's head and one lr for both networks, and one from before ``edges``/``output``/``minibatch_std`` with
+    zero-padded transposed convolutions, a tanh output and no minibatch-std map: it loads as such, whatever the
+    defaults are now."""
+    old_networks = {"critic_head": "ivgan", "edges": "zero", "output": "tanh", "minibatch_std": 0}
+    model = TINY.model_copy(update=old_networks)
     trainer = Trainer(model, get_variant("gp"), TRAIN.model_copy(update={"critic_lr_ratio": 1.0}))
     state = trainer.state_dict()
-    del state["config"]["model"]["critic_head"]
+    for field in old_networks:
+        del state["config"]["model"][field]
     del state["config"]["train"]["critic_lr_ratio"]
     torch.save(state, tmp_path / "old.pt")
     restored = Trainer.load(tmp_path / "old.pt")
-    assert restored.model_cfg.critic_head == "ivgan"
+    assert {k: getattr(restored.model_cfg, k) for k in old_networks} == old_networks
     assert restored.train_cfg.critic_lr_ratio == 1.0
     assert [g["lr"] for g in restored.opt_d.param_groups] == [TRAIN.lr]
     assert torch.equal(restored.critic.head.weight, trainer.critic.head.weight)

@@ -419,8 +419,10 @@ def _unfit(path: str | os.PathLike) -> Iterator[None]:
 
 
 #: fields added after checkpoints were first written, with the value every older checkpoint was trained with (the
-#: defaults changed with them: an older checkpoint must not resume under the new ones)
-_MODEL_FIELDS_BEFORE = {"critic_head": "ivgan"}
+#: defaults changed with them: an older checkpoint must not resume under the new ones). Before ``edges``, ``output``
+#: and ``minibatch_std`` existed the generator padded its transposed convolutions with zeros and ended in tanh, and
+#: the critic had no minibatch-std map.
+_MODEL_FIELDS_BEFORE = {"critic_head": "ivgan", "edges": "zero", "output": "tanh", "minibatch_std": 0}
 _TRAIN_FIELDS_BEFORE = {"critic_lr_ratio": 1.0}
 
 
