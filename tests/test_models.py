@@ -24,7 +24,7 @@ def test_shapes(frames: int, size: int, head: str) -> None:
 
 
 def test_paper_config_parameter_count() -> None:
-    gen = Generator(ModelConfig())
+    gen = Generator(ModelConfig(edges="zero"))  # the paper's kernel-4 transposed convolutions
     assert sum(p.numel() for p in gen.parameters()) == pytest.approx(12.7e6, rel=0.01)
     critic = Critic(ModelConfig(critic_head="ivgan"))
     # the critic's final conv gives [1, 2, 2] -> Linear(4, 1), as in the original

@@ -27,10 +27,11 @@ class ModelConfig(_Config):
     size: Literal[32, 64, 128] = 64
     width: int = Field(64, ge=1, le=1024)
     z_dim: int = Field(100, ge=1, le=4096)
-    # how the generator's transposed convolutions treat the clip's edges (vidgan.models.EdgeDeconv3d): "replicate"
-    # gives the first and last frame (and the border pixels) as many kernel taps as the others; "zero" is iVGAN's
+    # how the generator upsamples (vidgan.models): "resize" (the default) doubles by nearest neighbour, then a 3x3x3
+    # conv: no checkerboard and no edge effect (Odena et al. 2016); "replicate", a kernel-4 stride-2 transposed conv
+    # that gives the first and last frame (and the border pixels) as many kernel taps as the others; "zero", iVGAN's
     # and the paper's padding 1, under which they start with a third of the others' spread
-    edges: Literal["replicate", "zero", "resize"] = "replicate"
+    edges: Literal["replicate", "zero", "resize"] = "resize"
     # the generator's last activation: "tanh" (iVGAN) squashes into [-1, 1] and, once pushed far past a value the
     # data holds (a black background), passes almost no gradient back; "linear" leaves the range to the critic
     # (as StyleGAN does; clips are clamped when turned into pixels)

@@ -174,8 +174,9 @@ class Generator(nn.Module):
     """z [B, z_dim] -> video [B, 3, T, H, W], pixels at [-1, 1] (``cfg.output``: ``linear``, the default, leaves the
     range to the critic and values beyond it are clamped when clips become pixels; ``tanh``, iVGAN's, squashes).
 
-    ``cfg.edges`` says how the transposed convolutions treat the clip's edges: ``replicate`` (default,
-    :class:`EdgeDeconv3d`), ``zero`` (padding 1, as iVGAN and the paper's code) or ``resize``.
+    ``cfg.edges`` says how it upsamples: ``resize`` (the default, :class:`ResizeConv3d`: nearest doubling, then a
+    3x3x3 conv), or a kernel-4, stride-2 transposed convolution (:class:`EdgeDeconv3d`) with replicated edges
+    (``replicate``) or padding 1 (``zero``, as iVGAN and the paper's code).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
