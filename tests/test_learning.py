@@ -40,6 +40,6 @@ def test_gp_learns_the_background_and_keeps_the_clips_apart(squares: str) -> Non
     after = squares_score(sample_clips(trainer.ema.module, z))
     real = squares_score(next(iter(arrow_clip_batches(squares, 32, shuffle=False))).permute(0, 2, 3, 4, 1).numpy())
     print(f"untrained {before}\ntrained {after}\nreal {real}")
-    assert before.background_error > 90  # grey noise around mid-grey, the background is 32
+    assert before.background_error > 80  # grey noise around mid-grey, the background is 32
     assert after.background_error < 0.6 * before.background_error  # towards the dark background
     assert after.diversity > 0.1 * real.diversity  # not one clip for every latent
