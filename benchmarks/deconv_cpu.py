@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 
 def layer_step(f: Callable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad: bool) -> None:
@@ -60,8 +59,7 @@ def main() -> None:
     if args.edges == "resize":
         # what ResizeConv3d computes with PyTorch's own ops (replicated edges), and the sub-pixel form it uses
         paths: dict[str, Callable] = {
-            "interpolate + conv3d": lambda x, w, b: F.conv3d(
-                F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1,) * 6, mode="replicate"), w, b),
+            "interpolate + conv3d": models.upsample_conv3d,
             "subpixel": models.subpixel_resize_conv3d,
         }
         attr = "subpixel_resize_conv3d"

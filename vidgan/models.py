@@ -81,8 +81,14 @@ def subpixel_deconv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     w = weight.view(c_in, c_out, 2, 2, 2, 2, 2, 2).flip(2, 4, 6)  # [ci, co, jt, rt, jh, rh, jw, rw]
     kernel = w.permute(3, 5, 7, 1, 0, 2, 4, 6).reshape(8 * c_out, c_in, 2, 2, 2)
     y = F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate" if edges == "replicate" else "constant"), kernel)
-    b, _, t, h, w_ = y.shape  # each n + 1: outputs 2 m + r for m in [0, n] along each axis, of which 1 .. 2n
-    y = y.view(b, 2, 2, 2, c_out, t, h, w_).permute(0, 4, 5, 1, 6, 2, 7, 3).reshape(b, c_out, 2 * t, 2 * h, 2 * w_)
+    return _shuffle_and_crop(y, c_out, bias)  # outputs 2 m + r for m in [0, n] along each axis, of which 1 .. 2n
+
+
+def _shuffle_and_crop(y: torch.Tensor, c_out: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """[B, 8 c_out, n + 1, ...] of eight parities (t, h, w major) -> [B, c_out, 2n, ...]: interleaved, the first and
+    last element of each axis dropped, plus the bias."""
+    b, _, t, h, w = y.shape
+    y = y.view(b, 2, 2, 2, c_out, t, h, w).permute(0, 4, 5, 1, 6, 2, 7, 3).reshape(b, c_out, 2 * t, 2 * h, 2 * w)
     y = y[:, :, 1:-1, 1:-1, 1:-1]
     return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
 
@@ -142,11 +148,16 @@ def subpixel_resize_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     a = _RESIZE_TAPS.to(weight)
     c_out, c_in = weight.shape[:2]
     kernel = torch.einsum("ati,buj,cvk,oxijk->abcoxtuv", a, a, a, weight).reshape(8 * c_out, c_in, 2, 2, 2)
-    y = F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), kernel)
-    b, _, t, h, w = y.shape  # each n + 1
-    y = y.view(b, 2, 2, 2, c_out, t, h, w).permute(0, 4, 5, 1, 6, 2, 7, 3).reshape(b, c_out, 2 * t, 2 * h, 2 * w)
-    y = y[:, :, 1:-1, 1:-1, 1:-1]
-    return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
+    return _shuffle_and_crop(F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), kernel), c_out, bias)
+
+
+def upsample_conv3d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: tuple[int, int, int] = (2, 2, 2)
+) -> torch.Tensor:
+    """What :func:`subpixel_resize_conv3d` computes, by PyTorch's own ops: nearest upsampling by ``scale``, then the
+    3x3x3 convolution over replicated edges (the path off the CPU, and for scales other than 2)."""
+    up = F.interpolate(x, scale_factor=scale, mode="nearest")
+    return F.conv3d(F.pad(up, (1,) * 6, mode="replicate"), weight, bias)
 
 
 class ResizeConv3d(nn.Module):
@@ -167,7 +178,7 @@ class ResizeConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and self.scale == (2, 2, 2):
             return subpixel_resize_conv3d(x, self.conv.weight, self.conv.bias)
-        return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+        return upsample_conv3d(x, self.conv.weight, self.conv.bias, self.scale)
 
 
 class Generator(nn.Module):
