@@ -333,6 +333,28 @@ def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys, caplog) -> 
         assert run.data.params["train.n_critic"] == "2"
 
 
+def test_ctrl_c_ends_the_sweep_as_interrupted_and_resume_finishes_it(workdir: Path) -> None:
+    # Ctrl-C (SIGINT to the driver): Tune stops its trials, saves its state and returns as if the sweep had ended.
+    # The sweep must say it was interrupted (exit 130, one line, parent run KILLED) rather than finish with a
+    # table that reads the unfinished trial as stopped by ASHA; --resume then runs it to the end.
+    fifo = {"type": "fifo", "max_t": 12, "grace_period": 2}
+    spec = _spec(workdir, name="ctrlc", scheduler=fifo, eval=LEAN_EVAL)
+    proc = _start_sweep(workdir, spec, "ctrlc")
+    _wait_for_fvd_steps(workdir, "ctrlc", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=180) == 130, (workdir / "ctrlc.log").read_text()[-3000:]
+    log = (workdir / "ctrlc.log").read_text()
+    assert log.rstrip().splitlines()[-1].startswith("vidgan sweep: interrupted: ")
+    assert "Traceback" not in log and "stopped by ASHA" not in log and "| rank |" not in log
+    parent_id = yaml.safe_load((workdir / "results" / "ctrlc" / STATE_FILE).read_text())["parent_run_id"]
+    parent = _client(workdir).get_run(parent_id)
+    assert parent.data.tags[tracking.TAG_END] == "interrupted" and parent.info.status == "KILLED"
+
+    outcome = run_sweep(parse_spec(spec), name="ctrlc", resume=True, verbose=0)
+    assert outcome.parent_run_id == parent_id
+    assert [(r.status, r.iterations) for r in outcome.rows] == [("completed", 12)]
+
+
 def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the_donor(workdir: Path) -> None:
     # Two trials, synchronous PBT every 2 iterations: at each interval the worse trial takes the better one's
     # checkpoint and a perturbed copy of its config (x1.2 or x0.8: resampling off).

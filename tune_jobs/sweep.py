@@ -526,7 +526,21 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
         )
     with tracking.OutageWatch(uri):  # one line when MLflow goes away, one when it is back
         results = tuner.fit()
+    if tune_was_interrupted(exp_path):
+        # Tune catches Ctrl-C (SIGINT, SIGUSR1) itself: it saves its state with the trials still running, then marks
+        # them terminated in memory and returns as if the sweep had ended, so they would read as stopped by ASHA.
+        # Deliver what their checkpoints hold, then end as an interrupted sweep (parent run KILLED, `--resume`)
+        tracking.when_reachable(uri, lambda: deliver_spools(spec, ctx, results), "the sweep")
+        raise KeyboardInterrupt
     return finish_sweep(spec, ctx, exp_path, results)
+
+
+def tune_was_interrupted(exp_path: str) -> bool:
+    """Whether the Tune run saved at ``exp_path`` has trials that are not over (running, pending or paused in its
+    saved state): a run that ends has every trial terminated or errored."""
+    from ray.tune import ExperimentAnalysis
+
+    return any(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(exp_path).trials)
 
 
 # ------------------------------------------------------------------------------------------ report
