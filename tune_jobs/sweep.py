@@ -537,10 +537,17 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
 
 def tune_was_interrupted(exp_path: str) -> bool:
     """Whether the Tune run saved at ``exp_path`` has trials that are not over (running, pending or paused in its
-    saved state): a run that ends has every trial terminated or errored."""
+    saved state): a run that ends has every trial terminated or errored. A state that cannot be read counts as
+    ended (with a warning): the table is then built as before."""
     from ray.tune import ExperimentAnalysis
 
-    return any(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(exp_path).trials)
+    try:
+        trials = ExperimentAnalysis(exp_path).trials
+    except Exception as exc:  # noqa: BLE001 - a finished sweep must not fail on this check
+        log.warning("could not read Tune's saved state at %s to tell an interrupted sweep: %s", exp_path,
+                    one_line(exc))
+        return False
+    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 # ------------------------------------------------------------------------------------------ report
