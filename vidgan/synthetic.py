@@ -9,14 +9,14 @@ How a clip is drawn (all integers, so the physics is exact):
 - background: every pixel ``BACKGROUND`` (32) in all three channels;
 - square: ``side = max(2, size // 4)`` pixels (8 at 32x32), one colour per clip, each channel uniform in
   ``[96, 224]`` (so its brightest channel is always >= 96, well apart from the background);
-
-The values keep off the ends of [0, 255]: the generator's tanh would have to saturate to draw a background at 0
-(or a channel at 255) exactly, and a saturated tanh passes almost no gradient, which on data that is 94%
-background makes an early collapse to one dark output hard to leave.
 - start: the top-left corner uniform over the ``size - side + 1`` positions of each axis;
 - velocity: per axis an integer in ``[-MAX_SPEED, MAX_SPEED]`` pixels per frame, not both zero;
 - bounce: the square reflects off the walls (position ``p + v t`` folded into ``[0, size - side]`` like a
   triangle wave), so it never sticks to a wall or leaves the frame.
+
+The values keep off the ends of [0, 255]: the generator's tanh would have to saturate to draw a background at 0
+(or a channel at 255) exactly, and a saturated tanh passes almost no gradient, which on data that is 94%
+background makes an early collapse to one dark output hard to leave.
 """
 
 from __future__ import annotations
