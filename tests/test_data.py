@@ -98,6 +98,20 @@ def test_train_cli_with_resume(shards: str, tmp_path: Path) -> None:
     assert main(["train", "--data", str(tmp_path / "none")]) == 2
 
 
+def test_train_cli_trains_the_library_defaults_for_flags_not_given(shards: str, tmp_path: Path) -> None:
+    """`vidgan train` without --n-critic/--lr trains what TrainConfig() would (it once kept the paper's
+    n_critic 5 after the library's default became 1 with the critic's lr x4: a mix of neither)."""
+    from vidgan.cli import main
+    from vidgan.config import TrainConfig
+    from vidgan.trainer import Trainer
+
+    ck = tmp_path / "ck.pt"
+    assert main(["train", "--data", shards, "--width", "4", "--batch-size", "2", "--iterations", "1",
+                 "--checkpoint", str(ck)]) == 0
+    trained = Trainer.load(ck).train_cfg
+    assert trained.model_dump() == TrainConfig(batch_size=2).model_dump()
+
+
 # ------------------------------------------------------------------ batches assembled ahead (issue #10)
 def _threads() -> set[str]:
     import threading

@@ -19,15 +19,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               "and train with the core trainer; checkpoint, resume.")
     p.add_argument("--data", required=True, help="shard directory written by `vidgan ingest` (path or URI)")
     # None defaults: a flag the user gave is told apart from its default (with --resume, given flags must
-    # agree with the checkpoint); FRESH_DEFAULTS fills them for a new run.
+    # agree with the checkpoint); fresh_defaults() fills them for a new run with the library's defaults
+    # (ModelConfig, TrainConfig), which the help texts quote.
     p.add_argument("--variant", default=None, help="loss variant preset (vidgan.variants; default gp)")
     p.add_argument("--frames", type=int, default=None, help="clip frames (default: from the manifest)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: from the manifest)")
     p.add_argument("--width", type=int, default=None, help="base channel width of the networks (default 64)")
     p.add_argument("--iterations", type=int, default=100, help="train until this many iterations in total")
     p.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 64)")
-    p.add_argument("--n-critic", type=int, default=None, help="critic updates per iteration (default 5)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--n-critic", type=int, default=None,
+                   help="critic updates per iteration (default 1, the critic's lr 4x the generator's)")
+    p.add_argument("--lr", type=float, default=None, help="the generator's Adam learning rate (default 1e-4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the weights, noise and data order (default 0)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: CUDA when present)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file written at the end (and --save-every)")
@@ -41,7 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-FRESH_DEFAULTS = {"variant": "gp", "width": 64, "batch_size": 64, "n_critic": 5, "lr": 1e-4, "seed": 0}
+def fresh_defaults() -> dict[str, object]:
+    """What a new run trains with for each flag not given: the library's defaults (ModelConfig, TrainConfig),
+    so that `vidgan train` and a sweep with the same settings train the same thing."""
+    from vidgan.config import ModelConfig, TrainConfig
+
+    m, t = ModelConfig.model_fields, TrainConfig.model_fields
+    return {"variant": "gp", "width": m["width"].default, "batch_size": t["batch_size"].default,
+            "n_critic": t["n_critic"].default, "lr": t["lr"].default, "seed": t["seed"].default}
 
 
 class UsageError(ValueError):
@@ -172,7 +181,8 @@ def _run(args: argparse.Namespace, run: Run) -> int:
     if not resuming:  # flags checked before torch is imported: a typo fails at once
         from vidgan.variants import get_variant
 
-        opt = {k: FRESH_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in FRESH_DEFAULTS}
+        defaults = fresh_defaults()
+        opt = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in defaults.items()}
         frames, size = args.frames or t, args.size or h
         if (frames, size) != (t, h) or h != w:
             raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, asked for {frames}x{size}x{size}")
