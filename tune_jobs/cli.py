@@ -141,6 +141,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="sweep spec YAML (e.g. tune_jobs/demo.yaml)")
     _common(p)
     p.set_defaults(func=_sweep)
-    d = sub.add_parser("demo", help="the embedded demo: sample videos, every variant, CPU trials, ASHA, MLflow")
+    d = sub.add_parser("demo", help="the embedded demo: the squares, gp and sn x 2 seeds, ASHA, MLflow in ./mlflow.db")
     _common(d)
     d.set_defaults(func=_demo)

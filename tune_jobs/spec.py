@@ -214,8 +214,8 @@ class SearchSpec(_Spec):
     seed: int = 0
     space: dict[str, RangeSpec]
     # The Optuna study: an RDB URL (sqlite:///..., postgresql://...) that optuna-dashboard opens and a resumed
-    # search warm-starts from; default sqlite optuna.db beside a SQLite mlflow.db (else $VIDGAN_OPTUNA_STORAGE,
-    # else ./optuna.db); "memory" keeps it in memory. study_name default: the sweep's name.
+    # search warm-starts from; default $VIDGAN_OPTUNA_STORAGE, else sqlite optuna.db beside a SQLite mlflow.db,
+    # else ./optuna.db; "memory" keeps it in memory. study_name default: the sweep's name.
     storage: str | None = None
     study_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     # Tried first, each on every variant (one round of the variants per point): "presets" (the spec's train
