@@ -204,3 +204,21 @@ def test_a_resumed_sweep_keeps_the_settings_it_started_with() -> None:
     recorded["variants"]["sn"]["penalty"] = "r1"  # not a switch that overrides can carry
     with pytest.raises(SpecError, match="variant 'sn' has changed its penalty"):
         pin_to_start(now, recorded)
+
+
+def test_a_trial_whose_every_fvd_is_nan_is_an_unscored_row_not_a_crash() -> None:
+    """The table is built from Tune's results: a trial with evaluations but not one finite FVD gets a row with
+    no score (it once raised IndexError, taking the table down at the end of the sweep)."""
+    import math
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tune_jobs.sweep import _rows
+
+    spec = parse_spec(BASE)
+    df = pd.DataFrame({"iteration": [2, 4], "fvd": [math.nan, math.nan], "kvd": [0.1, 0.2]})
+    result = SimpleNamespace(config={"variant": "gp", "dataset": "d", "seed": 0}, metrics={"trial_id": "t1"},
+                             metrics_dataframe=df, error=None, path="/x/t_t1")
+    (row,) = _rows(spec, [result], {})
+    assert row.trial_id == "t1" and math.isnan(row.best_fvd) and row.iterations == 0

@@ -138,6 +138,25 @@ def test_non_finite_loss_raises_training_diverged() -> None:
     assert "critic_loss" in str(info.value)
 
 
+def test_weights_made_non_finite_by_the_last_step_raise_at_that_iteration() -> None:
+    """The losses are computed before the steps; a generator step that leaves a NaN weight must still end the
+    iteration as diverged, before an evaluation (or a checkpoint) would use those weights."""
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN)
+    batches = synthetic_batches(TINY, 3)
+    trainer.fit(batches, 1)
+    step = trainer.opt_g.step
+
+    def poisoning_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        with torch.no_grad():
+            next(trainer.generator.parameters()).view(-1)[0] = float("nan")
+        return out
+
+    trainer.opt_g.step = poisoning_step
+    with pytest.raises(TrainingDiverged, match="iteration 2: non-finite weight_norm=nan"):
+        trainer.train_iteration(batches)
+
+
 def test_uint8_batches_are_mapped_to_model_range() -> None:
     batch = torch.tensor([0, 255, 128], dtype=torch.uint8)
     out = to_model_range(batch, torch.device("cpu"))

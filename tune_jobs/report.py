@@ -125,7 +125,9 @@ class VariantRow:
 
     variant: str
     dataset: str
-    n_seeds: int  # scored trials (failed or diverged trials have no FVD and are not counted)
+    # scored trials: those with an FVD (a trial that failed or diverged after scoring counts with its best FVD
+    # before it, from a finite checkpoint; the trial table's status says how it ended)
+    n_seeds: int
     fvd_mean: float
     fvd_ci95: float  # half-width: t_{0.975, n-1} * sd / sqrt(n); NaN with one seed
     fvd_sd: float

@@ -261,12 +261,16 @@ class Trainer:
             b = self.train_cfg.batch_size
             self.ema.update(self.generator, b, (self.generator_updates - 1) * b)
         means = torch.stack([torch.stack(p) for p in parts]).mean(0)
-        values = torch.cat([means, g_loss.view(1)]).tolist()  # the one device sync of the iteration
+        # the losses come from before the last steps: the weights after them are checked too, so that an
+        # evaluation or a checkpoint never sees a non-finite network (the EMA follows the generator's weights)
+        weights = torch.nn.utils.get_total_norm([*self.generator.parameters(), *self.critic.parameters()])
+        values = torch.cat([means, g_loss.view(1), weights.view(1)]).tolist()  # the one device sync of the iteration
         self.iteration += 1
-        names = ("critic_loss", "wasserstein", "penalty", "drift", "grad_norm", "generator_loss")
+        names = ("critic_loss", "wasserstein", "penalty", "drift", "grad_norm", "generator_loss", "weight_norm")
         metrics = dict(zip(names, values, strict=True))
         if not all(np.isfinite(v) for v in metrics.values()):
             raise TrainingDiverged(self.iteration, metrics)
+        del metrics["weight_norm"]
         metrics.update(
             iteration=self.iteration,
             critic_updates=self.critic_updates,
