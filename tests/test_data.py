@@ -98,6 +98,17 @@ def test_train_cli_with_resume(shards: str, tmp_path: Path) -> None:
     assert main(["train", "--data", str(tmp_path / "none")]) == 2
 
 
+@pytest.mark.parametrize("device", ["gpu0", "cuda"])
+def test_train_cli_refuses_a_device_it_cannot_use_in_one_line(shards: str, device: str, capsys) -> None:
+    from vidgan.cli import main
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--data", shards, "--width", "4", "--batch-size", "2", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidgan train: error: --device") and err.count("\n") == 1, err
+
+
 def test_train_cli_trains_the_library_defaults_for_flags_not_given(shards: str, tmp_path: Path) -> None:
     """`vidgan train` without --n-critic/--lr trains what TrainConfig() would (it once kept the paper's
     n_critic 5 after the library's default became 1 with the critic's lr x4: a mix of neither)."""

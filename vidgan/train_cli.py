@@ -57,6 +57,22 @@ class UsageError(ValueError):
     """Flags that cannot run together (or with the files they name)."""
 
 
+def _check_device(device: str | None) -> None:
+    """A --device that names no device, or a GPU this machine lacks, is a usage error (not a traceback)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA device that PyTorch can use")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; print one JSON line of metrics every --log-every iterations. Exit status 2 with one line on
     stderr for bad data, manifests, checkpoints and flags."""
@@ -189,8 +205,9 @@ def _run(args: argparse.Namespace, run: Run) -> int:
         configs = (ModelConfig(frames=frames, size=size, width=opt["width"]), get_variant(opt["variant"]),
                    TrainConfig(batch_size=opt["batch_size"], n_critic=opt["n_critic"], lr=opt["lr"], seed=opt["seed"]))
 
-    from vidgan.trainer import Trainer, TrainingDiverged
+    from vidgan.trainer import Trainer, TrainingDiverged, TrainingOutOfMemory
 
+    _check_device(args.device)
     if resuming:
         trainer = run.trainer = Trainer.load(ckpt, device=args.device)
         run.saved = trainer.iteration
@@ -209,7 +226,7 @@ def _run(args: argparse.Namespace, run: Run) -> int:
     while trainer.iteration < args.iterations:
         try:
             m = trainer.train_iteration(batches)
-        except TrainingDiverged as e:
+        except (TrainingDiverged, TrainingOutOfMemory) as e:  # the last checkpoint written stays as it was
             return fail("train", e)
         if trainer.iteration % max(1, args.log_every) == 0 or trainer.iteration == args.iterations:
             print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}), flush=True)
