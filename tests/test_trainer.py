@@ -138,6 +138,21 @@ def test_non_finite_loss_raises_training_diverged() -> None:
     assert "critic_loss" in str(info.value)
 
 
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning() -> None:
+    """A CUDA generator's state (16 bytes) cannot be set into a CPU one: a GPU checkpoint resumed on a CPU
+    reseeds the trainer's noise (and says so) instead of failing as an unusable checkpoint."""
+    trainer = Trainer(TINY, get_variant("gp"), TRAIN)
+    trainer.fit(synthetic_batches(TINY, 3), 1)
+    state = trainer.state_dict()
+    state["rng"]["trainer"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA (Philox) generator's state
+    resumed = Trainer(TINY, get_variant("gp"), TRAIN)
+    with pytest.warns(UserWarning, match="another kind of device"):
+        resumed.load_state_dict(state)
+    assert resumed.iteration == 1
+    assert torch.equal(next(resumed.generator.parameters()), next(trainer.generator.parameters()))
+    resumed.fit(synthetic_batches(TINY, 3, start=1), 1)
+
+
 def test_weights_made_non_finite_by_the_last_step_raise_at_that_iteration() -> None:
     """The losses are computed before the steps; a generator step that leaves a NaN weight must still end the
     iteration as diverged, before an evaluation (or a checkpoint) would use those weights."""

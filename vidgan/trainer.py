@@ -335,7 +335,14 @@ class Trainer:
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
         rng = state["rng"]
-        self.rng.set_state(rng["trainer"].cpu())
+        saved = rng["trainer"].cpu()
+        if saved.numel() == self.rng.get_state().numel():
+            self.rng.set_state(saved)
+        else:  # written on another kind of device (a CUDA generator's state is 16 bytes, a CPU one's ~5 KB)
+            self.rng.manual_seed(self.train_cfg.seed + 1 + 7919 * self.iteration)
+            warnings.warn(f"the checkpoint's noise generator was saved on another kind of device than "
+                          f"{self.device.type}: reseeded from (seed, iteration); the weights, optimisers and "
+                          "counters are exact, the noise draws from here on differ", stacklevel=2)
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
