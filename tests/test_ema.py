@@ -102,3 +102,19 @@ def test_a_checkpoint_without_an_average_starts_it_from_the_generator(tmp_path) 
     other.load_state_dict(state)
     for e, g in zip(other.ema.module.parameters(), trainer.generator.parameters(), strict=True):
         assert torch.equal(e, g)
+
+
+def test_sample_videos_show_the_generator_fvd_scores() -> None:
+    """eval.generator picks the generator `fvd` scores; the sample videos follow it (they once always showed the
+    moving average, so a sweep scored on the raw weights showed pictures of another generator)."""
+    from tune_jobs.trainable import sampling_generator
+    from vidgan.config import ModelConfig, TrainConfig
+    from vidgan.trainer import Trainer
+    from vidgan.variants import get_variant
+
+    trainer = Trainer(ModelConfig(frames=16, size=32, width=4, z_dim=8), get_variant("gp"), TrainConfig(batch_size=2))
+    assert sampling_generator(trainer, "ema") is trainer.ema.module
+    assert sampling_generator(trainer, "raw") is trainer.generator
+    no_average = Trainer(ModelConfig(frames=16, size=32, width=4, z_dim=8), get_variant("gp"),
+                         TrainConfig(batch_size=2, ema=False))
+    assert sampling_generator(no_average, "ema") is no_average.generator

@@ -70,7 +70,9 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         try:
             window.add(trainer.train_iteration(batches))
             logger.gauges.count(iterations=1, clips=window.clips_per_iteration)
-        except (TrainingDiverged, TrainingOutOfMemory) as exc:  # ends this trial with its reason, not the sweep
+        # ends this trial with its reason, not the sweep; Tune restarts it from its checkpoint up to max_failures
+        # times (out of memory on a shared GPU can pass), a diverged one fails again at once (TrialLogger)
+        except (TrainingDiverged, TrainingOutOfMemory) as exc:
             logger.failed(exc)
             raise
         if trainer.iteration % ev.every and trainer.iteration < max_t:
@@ -83,7 +85,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         history.append({k: float(result[k]) for k in HISTORY_KEYS if k in result})
         result[ev.scheduler_metric] = ev.smoothing.apply([h[ev.metric] for h in history])
         with tempfile.TemporaryDirectory(prefix="vidgan-trial-") as tmp:
-            samples = sample_clips(sampling_generator(trainer), grid_z) if ev.grid else None
+            samples = sample_clips(sampling_generator(trainer, ev.generator), grid_z) if ev.grid else None
             logger.report(result, history, samples, Path(tmp))
             if trainer.iteration >= max_t:
                 logger.completed()
@@ -155,9 +157,10 @@ def open_stream(spec: SweepSpec, trial: Trial, iteration: int) -> Iterator[torch
     return stream(trial.dataset.path, trial.train_config.batch_size, shuffle=True, flip=True, seed=seed)
 
 
-def sampling_generator(trainer: Trainer) -> torch.nn.Module:
-    """The generator sample videos show: the moving average when the trainer keeps one."""
-    return trainer.ema.module if trainer.ema is not None else trainer.generator
+def sampling_generator(trainer: Trainer, which: str = "ema") -> torch.nn.Module:
+    """The generator sample videos show: the one ``fvd`` scores (``eval.generator``), the moving average when
+    ``which`` is ``ema`` and the trainer keeps one, else the raw weights."""
+    return trainer.ema.module if which == "ema" and trainer.ema is not None else trainer.generator
 
 
 def score_generators(evaluator: Any, trainer: Trainer, which: str = "ema") -> dict[str, float | int]:
