@@ -287,7 +287,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this trainer is (tensors and plain data only)."""
+        """Everything needed to continue exactly where this trainer is (tensors and plain data only): fed the same
+        batches, a loaded trainer repeats this one bit for bit. The data stream is the caller's (vidgan's readers
+        reopen it with a fresh order, :func:`vidgan.data.resume_seed`)."""
         np_state = np.random.get_state()
         return {
             "version": CHECKPOINT_VERSION,
