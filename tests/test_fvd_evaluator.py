@@ -68,3 +68,23 @@ def test_no_tf32_sets_and_restores_precision() -> None:
         assert torch.backends.cuda.matmul.fp32_precision == "ieee"
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+def test_every_generated_batch_is_full_size() -> None:
+    """iVGAN's generator normalises with batch statistics, so a clip depends on the batch it is drawn in: a last
+    batch of n_fake % batch_size clips would be normalised over fewer. It is drawn as the last full batch."""
+
+    class BatchStatGenerator(TinyGenerator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            self.sizes.append(z.shape[0])
+            h = torch.nn.functional.batch_norm(self.fc(z), None, None, training=True)
+            return torch.tanh(h).view(-1, *self.shape)
+
+    gen = BatchStatGenerator()
+    ev = FVDEvaluator(np.zeros((4, 400)), n_fake=5, frames=9, device="cpu", batch_size=2, seed=0)
+    feats = ev.fake_features(gen)
+    assert gen.sizes == [2, 2, 2] and feats.shape == (5, 400)

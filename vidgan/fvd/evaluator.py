@@ -76,8 +76,12 @@ class FVDEvaluator:
             with torch.inference_mode():
 
                 def batches():
-                    for i in range(0, self.n_fake, self.batch_size):
-                        video = generator(z_all[i : i + self.batch_size].to(gen_device))
+                    b = self.batch_size
+                    for i in range(0, self.n_fake, b):
+                        # iVGAN's generator normalises with batch statistics: every batch holds b clips, the
+                        # last one the last b latents (kept: those not scored yet), not a smaller remainder
+                        start = max(0, min(i, self.n_fake - b))
+                        video = generator(z_all[start : start + b].to(gen_device))[i - start :]
                         if video.ndim != 5 or video.shape[1] != 3:
                             raise ValueError(f"generator must return [B, 3, T, H, W], got {tuple(video.shape)}")
                         if video.shape[2] < self.frames:
