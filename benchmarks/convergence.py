@@ -24,7 +24,8 @@ Contenders:
 
 Prints one line per evaluation, then a summary (when each goal was first met: ``one_square >= 0.8``,
 ``smooth_motion >= 0.5``, diversity >= half the real clips'), and writes a figure (``--out``, PNG), the
-numbers beside it (.json) and the last samples of each contender (``--samples``: a PNG strip per contender).
+numbers beside it (.json) and the last samples of each contender (``--samples``: a PNG strip per contender, and
+every scored clip in a .npz).
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def score_row(c: Contender, z: torch.Tensor, evaluator, real_feats, fvd: bool, a
 def fmt(row: dict[str, float], kind: str) -> str:
     s = (f"{kind}: one {row[f'{kind}_one_square']:.2f} smooth {row[f'{kind}_smooth_motion']:.2f} "
          f"bg {row[f'{kind}_background_error']:5.1f} div {row[f'{kind}_diversity']:4.1f}")
+    if f"{kind}_one_object" in row:  # how far from a square: one object per frame, its box's side and fill
+        s += (f" obj {row[f'{kind}_one_object']:.2f} side {row[f'{kind}_object_side']:4.1f}"
+              f" fill {row[f'{kind}_object_fill']:.2f}")
     if f"{kind}_fvd" in row:
         s += f" fvd {row[f'{kind}_fvd']:.0f} [{row[f'{kind}_fvd_lo']:.0f}, {row[f'{kind}_fvd_hi']:.0f}]"
     return s
@@ -261,8 +265,7 @@ def plot(contenders: list[Contender], path: Path, real_div: float) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 7), dpi=90)
     panels = (("one_square", "frames with one square"), ("smooth_motion", "clips with smooth motion"),
               ("background_error", "background error (0-255)"), ("diversity", "spread across clips (0-255)"),
-              ("fvd", "FVD, 95% bootstrap band"))
-    axes.flat[-1].axis("off")
+              ("fvd", "FVD, 95% bootstrap band"), ("one_object", "frames with one object (any shape)"))
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for i, c in enumerate(contenders):
             for kind, style in (("ema", "-"), ("raw", ":")):
@@ -301,6 +304,8 @@ def save_samples(contenders: list[Contender], folder: Path, z: torch.Tensor, rea
             clips = sample_clips(gen, z[:6, : c.z_dim])
             name = "".join(ch if ch.isalnum() else "-" for ch in c.name).strip("-")
             Image.fromarray(strip(clips, n_clips=6, n_frames=6)).save(folder / f"{name}-{kind}.png")
+            # every scored clip, for a closer look (uint8 [N, T, H, W, 3]; np.load needs no pickle)
+            np.savez_compressed(folder / f"{name}-{kind}.npz", clips=sample_clips(gen, z[:, : c.z_dim]))
 
 
 def main() -> None:

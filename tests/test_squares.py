@@ -60,6 +60,7 @@ def test_squares_are_deterministic_and_dark_with_one_square() -> None:
 def test_real_clips_score_one_and_an_untrained_generator_zero() -> None:
     real = squares_score(_real())
     assert real.one_square == 1.0 and real.smooth_motion == 1.0 and real.background_error == 0.0
+    assert real.one_object == 1.0 and real.object_side == square_side(32) and real.object_fill == 1.0
     assert real.diversity > 25
     torch.manual_seed(0)
     gen = Generator(ModelConfig(frames=16, size=32, width=8, z_dim=16))
@@ -85,6 +86,28 @@ def test_score_fails_what_breaks_the_physics() -> None:
     big[2] = np.where(np.roll(big[2], 3, axis=2) > BACKGROUND, np.roll(big[2], 3, axis=2), big[2])  # two squares
     assert squares_score(big).one_square <= 1 - 16 / (8 * 16) + 1e-9
     assert squares_score(np.repeat(clips[:1], 8, axis=0)).diversity == 0.0  # one clip for every latent
+    assert s.one_object == 1.0 and squares_score(speck).one_object == pytest.approx(1 - 1 / (8 * 16))
+
+
+def test_the_graded_measures_say_how_far_a_blob_is_from_a_square() -> None:
+    """A diamond of about the square's size: one object per frame, its side 9, its fill ~0.5, not a square;
+    a disc of that size passes as one (a pixelated disc of radius 4.5 fills 85% of its 9x9 box); a blob twice the
+    size reads as side 17."""
+    yy, xx = np.mgrid[:32, :32]
+    clips = np.full((3, 16, 32, 32, 3), BACKGROUND, np.uint8)
+    for j in range(16):
+        clips[0, j][abs(yy - 12) + abs(xx - 4 - j) <= 4] = 180  # a diamond moving right
+        clips[1, j][(yy - 12) ** 2 + (xx - 4 - j) ** 2 <= 4.5**2] = 180  # a disc moving right
+        clips[2, j][(yy - 15) ** 2 + (xx - 15) ** 2 <= 8.5**2] = 180  # a big one, still
+    diamond = squares_score(clips[:1])
+    assert diamond.one_square == 0.0 and diamond.one_object == 1.0
+    assert diamond.object_side == pytest.approx(9.0) and diamond.object_fill == pytest.approx(41 / 81)
+    disc = squares_score(clips[1:2])
+    assert disc.one_square == 1.0 and disc.object_fill == pytest.approx(69 / 81)
+    big = squares_score(clips[2:])
+    assert big.one_square == 0.0 and big.one_object == 1.0 and big.object_side == pytest.approx(17.0)
+    empty = squares_score(np.full((1, 16, 32, 32, 3), BACKGROUND, np.uint8))
+    assert empty.one_object == 0.0 and empty.object_side == 0.0 and empty.object_fill == 0.0
 
 
 def test_value_range_and_layout_round_trip(tmp_path: Path) -> None:
@@ -114,3 +137,20 @@ def test_ingest_synthetic_writes_a_dataset_and_resumes(tmp_path: Path, capsys: p
     assert "already holds clips made with" in capsys.readouterr().err
     with pytest.raises(IngestError):
         ingest([], tmp_path / "none", IngestConfig(frames=16, size=32))
+
+
+def test_a_trial_reports_every_field_of_the_score_under_squares_names() -> None:
+    from types import SimpleNamespace
+
+    from tune_jobs.trainable import squares_metrics
+    from vidgan.config import TrainConfig
+    from vidgan.trainer import Trainer
+    from vidgan.variants import get_variant
+
+    trainer = Trainer(ModelConfig(frames=16, size=32, width=4, z_dim=8), get_variant("gp"), TrainConfig(batch_size=2))
+    evaluator = SimpleNamespace(latents=lambda z_dim: torch.randn(4, z_dim, generator=torch.Generator().manual_seed(0)))
+    for which in ("ema", "raw"):
+        metrics = squares_metrics(trainer, evaluator, which)
+        assert set(metrics) == {f"squares_{k}" for k in ("one_square", "smooth_motion", "background_error", "diversity",
+                                                          "one_object", "object_side", "object_fill")}
+        assert all(np.isfinite(v) for v in metrics.values())

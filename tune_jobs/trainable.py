@@ -184,12 +184,12 @@ def is_squares(path: str) -> bool:
 def squares_metrics(trainer: Trainer, evaluator: Any, which: str = "ema") -> dict[str, float]:
     """The squares learning score (:mod:`vidgan.squares_score`) of the scored generator's clips from the FVD's
     latents: ``squares_one_square``, ``squares_smooth_motion``, ``squares_background_error``,
-    ``squares_diversity``."""
+    ``squares_diversity``, and how far from a square: ``squares_one_object``, ``squares_object_side``,
+    ``squares_object_fill``."""
     from vidgan.squares_score import squares_score
     from vidgan.video import sample_clips
 
-    net = trainer.ema.module if which == "ema" and trainer.ema is not None else trainer.generator
-    clips = sample_clips(net, evaluator.latents(trainer.model_cfg.z_dim))
+    clips = sample_clips(sampling_generator(trainer, which), evaluator.latents(trainer.model_cfg.z_dim))
     score = squares_score(clips).as_dict("squares_")
     score.pop("squares_n_clips")
     return score

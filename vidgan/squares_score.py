@@ -15,6 +15,12 @@ and for every clip:
    ``p[t+1] - 2 p[t] + p[t-1]`` is at most ``tolerance`` in size, except where the square is within
    ``MAX_SPEED + tolerance`` pixels of a wall at ``t`` (a bounce).
 
+How far a generator that draws no square yet has got (graded, where the fractions above are all or nothing):
+**one object**, the fraction of frames whose foreground is exactly one component of any size and shape; and of
+each frame's largest component (over frames with any foreground; 0 when none has), the **object side**, the mean
+of its bounding box's height and width in pixels (8 at 32x32 for real clips), and the **object fill**, the
+fraction of that box it covers (1.0 for a square, ~0.79 for a disc).
+
 Also reported: **background error**, the mean absolute difference from the background value (32) of every pixel
 outside the detected square's box grown by one pixel (all pixels for frames with no single component; 0-255
 units); and **diversity**, the standard deviation of a pixel across clips, averaged over pixels and frames
@@ -45,20 +51,37 @@ class SquaresScore:
     background_error: float  # mean |pixel - 32| outside the square, 0-255
     diversity: float  # SD of a pixel across clips, 0-255
     n_clips: int
+    one_object: float = 0.0  # fraction of frames whose foreground is one component, any size or shape
+    object_side: float = 0.0  # mean bounding-box side of each frame's largest component, pixels
+    object_fill: float = 0.0  # mean fraction of that box the component covers
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in asdict(self).items()}
 
 
-def _frame_square(fg: np.ndarray, side: int, tolerance: int) -> tuple[bool, tuple[int, int], tuple[slice, slice]]:
-    """(one square?, its top-left (y, x), its box) of one frame's foreground mask [H, W]."""
+@dataclass(frozen=True)
+class _Frame:
+    """One frame's foreground, as the score reads it."""
+
+    components: int
+    square: bool  # exactly one component, a filled box of the right side
+    corner: tuple[int, int]  # the square's top-left (y, x)
+    box: tuple[slice, slice]  # the square's box
+    largest: tuple[float, float] | None  # (box side, fill) of the largest component; None without foreground
+
+
+def _frame(fg: np.ndarray, side: int, tolerance: int) -> _Frame:
+    """How one frame's foreground mask [H, W] reads: its components, and whether it is one square."""
     labels, n = ndimage.label(fg)
-    if n != 1:
-        return False, (0, 0), (slice(0, 0), slice(0, 0))
-    (box,) = ndimage.find_objects(labels)
+    if n == 0:
+        return _Frame(0, False, (0, 0), (slice(0, 0), slice(0, 0)), None)
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = int(sizes.argmax())
+    box = ndimage.find_objects(labels)[biggest]
     h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
-    ok = abs(h - side) <= tolerance and abs(w - side) <= tolerance and fg[box].mean() >= 0.8
-    return bool(ok), (box[0].start, box[1].start), box
+    fill = float(sizes[biggest]) / (h * w)
+    square = n == 1 and abs(h - side) <= tolerance and abs(w - side) <= tolerance and fill >= 0.8
+    return _Frame(n, bool(square), (box[0].start, box[1].start), box, ((h + w) / 2, fill))
 
 
 def _smooth(track: np.ndarray, span: int, tolerance: int) -> bool:
@@ -80,16 +103,19 @@ def squares_score(clips: np.ndarray, tolerance: int = 1, threshold: int = THRESH
     side = square_side(size)
     fg = clips.max(-1) > threshold  # [N, T, H, W]
     grey_err = np.abs(clips.astype(np.float32) - BACKGROUND).mean(-1)  # [N, T, H, W]
-    good_frames, smooth_clips, errors = 0, 0, []
+    good_frames, smooth_clips, single, errors, largest = 0, 0, 0, [], []
     for i in range(n):
         track, all_good = [], True
         for j in range(t):
-            ok, corner, box = _frame_square(fg[i, j], side, tolerance)
+            frame = _frame(fg[i, j], side, tolerance)
+            single += frame.components == 1
+            if frame.largest is not None:
+                largest.append(frame.largest)
             outside = np.ones((size, size), bool)
-            if ok:
+            if frame.square:
                 good_frames += 1
-                track.append(corner)
-                y, x = box
+                track.append(frame.corner)
+                y, x = frame.box
                 outside[max(y.start - 1, 0) : y.stop + 1, max(x.start - 1, 0) : x.stop + 1] = False
             else:
                 all_good = False
@@ -102,4 +128,7 @@ def squares_score(clips: np.ndarray, tolerance: int = 1, threshold: int = THRESH
         background_error=float(np.mean(errors)),
         diversity=float(clips.astype(np.float32).std(0).mean()) if n > 1 else 0.0,
         n_clips=n,
+        one_object=single / (n * t),
+        object_side=float(np.mean([s for s, _ in largest])) if largest else 0.0,
+        object_fill=float(np.mean([f for _, f in largest])) if largest else 0.0,
     )
