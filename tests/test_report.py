@@ -180,3 +180,21 @@ def test_unknown_sweep_or_store_is_one_line(store: Path, tmp_path: Path, capsys:
     assert err.count("\n") == 1 and "no sweep named or with run id 'cutt'" in err
     assert main(["report", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no MLflow store" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+
+
+def test_a_sqlite_file_that_is_not_an_mlflow_store_is_refused_untouched(tmp_path: Path, capsys) -> None:
+    """MLflow adds its tables to any SQLite database it opens: a user's other database (or a text file) given as
+    the store is refused in one line and left as it was."""
+    import sqlite3
+
+    other = tmp_path / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE items (name TEXT)")
+    before = other.read_bytes()
+    assert main(["report", "--tracking-uri", f"sqlite:///{other}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without MLflow's tables" in err and other.read_bytes() == before
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    assert main(["report", "--tracking-uri", f"sqlite:///{text}"]) == 2
+    assert "is not a SQLite database" in capsys.readouterr().err and text.read_text() == "not a database\n"

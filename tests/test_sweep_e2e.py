@@ -350,6 +350,8 @@ def test_ctrl_c_ends_the_sweep_as_interrupted(workdir: Path) -> None:
     parent_id = yaml.safe_load((workdir / "results" / "ctrlc" / STATE_FILE).read_text())["parent_run_id"]
     parent = _client(workdir).get_run(parent_id)
     assert parent.data.tags[tracking.TAG_END] == "interrupted" and parent.info.status == "KILLED"
+    trial_runs = _nested(workdir, parent_id)  # delivering the spools must not reopen them; the sweep stopped them
+    assert trial_runs and {r.info.status for r in trial_runs} == {"KILLED"}
 
 
 def test_an_unreadable_tune_state_counts_as_ended(tmp_path: Path, caplog) -> None:

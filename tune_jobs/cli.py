@@ -83,12 +83,16 @@ def _run(spec: str | Path, args: argparse.Namespace) -> int:
         return 0
     for line in lines:
         log.info(line)
+    from mlflow.exceptions import MlflowException
+
     try:
         from tune_jobs.sweep import run_sweep
 
         outcome = run_sweep(checked, address=args.address, name=args.name, resume=args.resume, verbose=args.verbose,
                             overrides=given)
-    except (SpecError, TrackingUnavailable, OSError) as exc:  # OSError: a full disk, an unwritable storage path
+    # OSError: a full disk, an unwritable storage path; MlflowException: the server refused (permissions, a
+    # deleted experiment) where retrying cannot help
+    except (SpecError, TrackingUnavailable, OSError, MlflowException) as exc:
         return fail("sweep", exc)
     except KeyboardInterrupt:  # before or after Tune, which handles Ctrl-C itself while trials run
         print("vidgan sweep: interrupted: finished trials and checkpoints are kept; `vidgan sweep SPEC --resume` "

@@ -127,6 +127,8 @@ def _report(args: argparse.Namespace) -> int:
     missing = [m for m in ("mlflow", "matplotlib") if not _installed(m)]
     if missing:
         return fail("report", f"{', '.join(missing)} not installed: pip install 'vidgan[sweep]'")
+    from mlflow.exceptions import MlflowException
+
     from tune_jobs import history, tracking
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to errors
@@ -138,7 +140,7 @@ def _report(args: argparse.Namespace) -> int:
         tracking.check_tracking(uri)
         with tempfile.TemporaryDirectory(prefix="vidgan-report-") as tmp:
             (_compare if args.compare else _one)(args, uri, Path(tmp))
-    except (history.SweepNotFound, tracking.TrackingUnavailable, OSError) as exc:
+    except (history.SweepNotFound, tracking.TrackingUnavailable, OSError, MlflowException) as exc:
         return fail("report", exc)
     return 0
 

@@ -383,7 +383,8 @@ def log_sweep_start(tracker: tracking.Tracker, spec: SweepSpec, name: str, view:
 def _log_best_generator(ctx: SweepContext, run_id: str, checkpoint: Path) -> str:
     """Log the best trial's generator with mlflow.pytorch (see :func:`tracking.log_generator`); '' on failure."""
     try:
-        return tracking.log_generator(ctx.tracking_uri, run_id, checkpoint)
+        # the generator the best checkpoint was chosen by: eval.generator's
+        return tracking.log_generator(ctx.tracking_uri, run_id, checkpoint, ema=ctx.spec.eval.generator == "ema")
     except Exception as exc:  # noqa: BLE001 - the table and the checkpoint are there anyway
         log.warning("the best generator was not logged as an MLflow model: %s", exc)
         return ""
@@ -529,8 +530,12 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
     if tune_was_interrupted(exp_path):
         # Tune catches Ctrl-C (SIGINT, SIGUSR1) itself: it saves its state with the trials still running, then marks
         # them terminated in memory and returns as if the sweep had ended, so they would read as stopped by ASHA.
-        # Deliver what their checkpoints hold, then end as an interrupted sweep (parent run KILLED, `--resume`)
+        # Deliver what their checkpoints hold, then end as an interrupted sweep (parent and unfinished trial runs
+        # KILLED, `--resume`)
         tracking.when_reachable(uri, lambda: deliver_spools(spec, ctx, results), "the sweep")
+        tracking.when_reachable(
+            uri, lambda: tracking.kill_running_trial_runs(uri, ctx.experiment_id, ctx.parent_run_id), "the sweep"
+        )
         raise KeyboardInterrupt
     return finish_sweep(spec, ctx, exp_path, results)
 
@@ -627,6 +632,7 @@ def deliver_spools(spec: SweepSpec, ctx: SweepContext, results: Any) -> int:
             ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, run_name=f"{trial.run_name}-{trial_id}",
             tags={tracking.TAG_SWEEP: ctx.sweep, tracking.TAG_VARIANT: trial.variant_name,
                   tracking.TAG_DATASET: trial.dataset.name},
+            reopen=False,
         )
         with result.checkpoint.as_directory() as folder:
             if (Path(folder) / tracking.SPOOL_DIR).is_dir():

@@ -9,6 +9,7 @@ processes share one SQLite file in the embedded default.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import threading
 import time
@@ -151,6 +152,25 @@ def check_health(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingUnavailable(f"MLflow tracking URI {shown} is not a valid URL ({detail})") from None
 
 
+def foreign_sqlite(path: Path) -> str | None:
+    """Why the existing file ``path`` must not be opened as an MLflow SQLite store, or None: MLflow adds its tables
+    to any SQLite database it opens, so a file the user made for something else (or not a database at all) would
+    be changed. An empty file, or a database holding MLflow's tables, is fine."""
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        return f"{path} is not a SQLite database ({exc}); MLflow would not open it"
+    if tables and not {"experiments", "runs"} <= tables:
+        return (f"{path} is a SQLite database without MLflow's tables ({', '.join(sorted(tables)[:3])}, ...): "
+                "not an MLflow store; opening it would add MLflow's tables to it")
+    return None
+
+
 def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None = None) -> None:
     """Fail fast with a clear error when the store is unreachable (before any trial starts): /health within
     ``timeout_s``, then one API request (a search for one experiment) within ``api_timeout_s`` (default
@@ -161,6 +181,9 @@ def check_tracking(uri: str, timeout_s: float = 5.0, api_timeout_s: float | None
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingUnavailable(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+        problem = foreign_sqlite(Path(uri[len("sqlite:///") :]))
+        if problem:
+            raise TrackingUnavailable(f"MLflow store {uri}: {problem}")
     if api_timeout_s is None:
         api_timeout_s = float(os.environ.get("VIDGAN_TRACKING_TIMEOUT_S") or API_TIMEOUT_S)
     outcome: list[BaseException | None] = []
@@ -447,12 +470,15 @@ def start_system_metrics(uri: str, run_id: str, resume: bool) -> Any:
     return monitor
 
 
-def log_generator(uri: str, run_id: str, checkpoint: str | os.PathLike, name: str = "generator") -> str:
-    """Log the generator of a trainer checkpoint (its moving average where it has one) to ``run_id`` with
+def log_generator(
+    uri: str, run_id: str, checkpoint: str | os.PathLike, name: str = "generator", ema: bool = True
+) -> str:
+    """Log the generator of a trainer checkpoint (its moving average where it has one and ``ema``) to ``run_id`` with
     ``mlflow.pytorch.log_model`` as a ``torch.export`` program ("pt2"), not a pickle: it loads without vidgan
     and without unpickling anything (MLflow checks the archive; it loads with
     ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``). ``mlflow.pytorch.load_model(uri)(z)`` with ``z``
-    [N, z_dim] float32 (any N) makes clips [N, 3, T, H, W] in [-1, 1]. Returns the model's URI (``models:/...``)."""
+    [N, z_dim] float32 (any N; batch statistics, as in training and evaluation, so a clip depends on its batch)
+    makes clips [N, 3, T, H, W] in [-1, 1]. Returns the model's URI (``models:/...``)."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -461,7 +487,7 @@ def log_generator(uri: str, run_id: str, checkpoint: str | os.PathLike, name: st
 
     from vidgan.trainer import load_generator
 
-    generator, model = load_generator(checkpoint)
+    generator, model = load_generator(checkpoint, ema=ema)
     # clips in the pixel range whatever the output layer (``output: linear`` leaves it to the critic; samples, FVD and
     # the score clamp it too): Hardtanh is clamp(-1, 1)
     generator = torch.nn.Sequential(generator, torch.nn.Hardtanh()).eval()
@@ -510,9 +536,11 @@ def start_parent_run(uri: str, experiment_id: str, sweep: str, tags: dict[str, s
 
 
 def find_or_create_trial_run(
-    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str, tags: dict[str, str]
+    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str, tags: dict[str, str],
+    reopen: bool = True,
 ) -> tuple[str, bool]:
-    """(run id, created) of the nested run of a trial; an existing one is reused after a restart."""
+    """(run id, created) of the nested run of a trial; an existing one is reused after a restart, and set running
+    again when ``reopen`` (a trial that trains); the driver's reconciliation leaves its status alone."""
     client = MlflowClient(uri)
     found = retry(
         lambda: client.search_runs(
@@ -523,7 +551,7 @@ def find_or_create_trial_run(
     )
     if found:
         run_id = found[0].info.run_id
-        if found[0].info.status != RunStatus.to_string(RunStatus.RUNNING):
+        if reopen and found[0].info.status != RunStatus.to_string(RunStatus.RUNNING):
             retry(lambda: client.update_run(run_id, status="RUNNING"))
         return run_id, False
     run = retry(
@@ -534,6 +562,17 @@ def find_or_create_trial_run(
         )
     )
     return run.info.run_id, True
+
+
+def kill_running_trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Mark a sweep's trial runs still RUNNING as KILLED (their trials stopped with the interrupted sweep; a
+    resume sets them running again). Returns how many."""
+    client = MlflowClient(uri)
+    running = [r.info.run_id for r in trial_runs(uri, experiment_id, parent_run_id).values()
+               if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
+    for run_id in running:
+        retry(lambda run_id=run_id: client.set_terminated(run_id, "KILLED"))
+    return len(running)
 
 
 def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
