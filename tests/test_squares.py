@@ -66,6 +66,7 @@ def test_real_clips_score_one_and_an_untrained_generator_zero() -> None:
     gen = Generator(ModelConfig(frames=16, size=32, width=8, z_dim=16))
     fake = squares_score(sample_clips(gen, torch.randn(16, 16)))
     assert fake.one_square == 0.0 and fake.smooth_motion == 0.0 and fake.background_error > 50
+    assert fake.one_object == 0.0 and fake.object_side > 24  # noise above the threshold nearly everywhere: no object
 
 
 def test_score_fails_what_breaks_the_physics() -> None:

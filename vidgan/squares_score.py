@@ -16,7 +16,9 @@ and for every clip:
    ``MAX_SPEED + tolerance`` pixels of a wall at ``t`` (a bounce).
 
 How far a generator that draws no square yet has got (graded, where the fractions above are all or nothing):
-**one object**, the fraction of frames whose foreground is exactly one component of any size and shape; and of
+**one object**, the fraction of frames whose foreground is exactly one component of any size and shape, on a
+background that covers at least half the frame (grey noise above the threshold everywhere is one component too,
+but no object); and of
 each frame's largest component (over frames with any foreground; 0 when none has), the **object side**, the mean
 of its bounding box's height and width in pixels (8 at 32x32 for real clips), and the **object fill**, the
 fraction of that box it covers (1.0 for a square, ~0.79 for a disc).
@@ -51,7 +53,7 @@ class SquaresScore:
     background_error: float  # mean |pixel - 32| outside the square, 0-255
     diversity: float  # SD of a pixel across clips, 0-255
     n_clips: int
-    one_object: float = 0.0  # fraction of frames whose foreground is one component, any size or shape
+    one_object: float = 0.0  # fraction of frames with one component, any size or shape, on >= half background
     object_side: float = 0.0  # mean bounding-box side of each frame's largest component, pixels
     object_fill: float = 0.0  # mean fraction of that box the component covers
 
@@ -64,6 +66,7 @@ class _Frame:
     """One frame's foreground, as the score reads it."""
 
     components: int
+    background: float  # the fraction of the frame below the threshold
     square: bool  # exactly one component, a filled box of the right side
     corner: tuple[int, int]  # the square's top-left (y, x)
     box: tuple[slice, slice]  # the square's box
@@ -74,14 +77,14 @@ def _frame(fg: np.ndarray, side: int, tolerance: int) -> _Frame:
     """How one frame's foreground mask [H, W] reads: its components, and whether it is one square."""
     labels, n = ndimage.label(fg)
     if n == 0:
-        return _Frame(0, False, (0, 0), (slice(0, 0), slice(0, 0)), None)
+        return _Frame(0, 1.0, False, (0, 0), (slice(0, 0), slice(0, 0)), None)
     sizes = np.bincount(labels.ravel())[1:]
     biggest = int(sizes.argmax())
     box = ndimage.find_objects(labels)[biggest]
     h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
     fill = float(sizes[biggest]) / (h * w)
     square = n == 1 and abs(h - side) <= tolerance and abs(w - side) <= tolerance and fill >= 0.8
-    return _Frame(n, bool(square), (box[0].start, box[1].start), box, ((h + w) / 2, fill))
+    return _Frame(n, 1.0 - float(fg.mean()), bool(square), (box[0].start, box[1].start), box, ((h + w) / 2, fill))
 
 
 def _smooth(track: np.ndarray, span: int, tolerance: int) -> bool:
@@ -108,7 +111,7 @@ def squares_score(clips: np.ndarray, tolerance: int = 1, threshold: int = THRESH
         track, all_good = [], True
         for j in range(t):
             frame = _frame(fg[i, j], side, tolerance)
-            single += frame.components == 1
+            single += frame.components == 1 and frame.background >= 0.5
             if frame.largest is not None:
                 largest.append(frame.largest)
             outside = np.ones((size, size), bool)
