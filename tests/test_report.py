@@ -173,6 +173,35 @@ def test_compare_marks_the_evaluation_that_differs(store: Path, tmp_path: Path, 
     assert "the FVDs compare" in capsys.readouterr().out
 
 
+def test_a_trial_restarted_after_a_failure_reads_as_running_again(data: Path, tmp_path: Path) -> None:
+    """Out of memory fails an attempt; Tune restarts the trial from its checkpoint. Its run must not keep saying
+    `failed` while it trains again (`vidgan report` of a running sweep would list it as failed)."""
+    from mlflow import MlflowClient
+
+    from tune_jobs import history
+    from vidgan.trainer import TrainingOutOfMemory
+
+    spec = _spec(data, tmp_path, "oom", 4)
+    uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
+    exp = tracking.ensure_experiment(uri, spec.mlflow.experiment)
+    parent = tracking.start_parent_run(uri, exp, "oom")
+    ctx = tracking.SweepContext(spec=spec, sweep="oom", tracking_uri=uri, experiment_id=exp, parent_run_id=parent)
+    trial = spec.trial({"variant": "gp", "dataset": "sample", "seed": 0})
+    first = tracking.TrialLogger(ctx, trial, "t0")
+    first.failed(TrainingOutOfMemory(3, "CUDA out of memory"))
+    first.delivery.stop()
+    client = MlflowClient(uri)
+    run_id = first.run_id
+    assert history.trial_row(client, client.get_run(run_id)).status == "failed"
+    again = tracking.TrialLogger(ctx, trial, "t0")  # the restart: the same run, reopened
+    assert again.delivery.flush(60) and again.run_id == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and history.trial_row(client, run).status == report.UNFINISHED
+    reason = run.data.tags[tracking.TAG_REASON]
+    assert reason == "an earlier attempt failed: out of memory at iteration 3: CUDA out of memory"
+    again.finish()
+
+
 def test_unknown_sweep_or_store_is_one_line(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     uri = f"sqlite:///{store}/mlflow.db"
     assert main(["report", "cutt", "--tracking-uri", uri]) == 2

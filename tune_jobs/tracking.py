@@ -654,6 +654,9 @@ class TrialLogger:
             self.delivery.outage.failed(exc)
         if previous.get(TAG_END) == "diverged":  # a restart of a diverged trial: fail again at once
             raise RuntimeError(f"trial {trial_id} diverged earlier: {previous.get(TAG_REASON)}")
+        if previous.get(TAG_END) == "failed":  # a restart after a failure (e.g. out of memory): running again
+            self._append(tags={TAG_END: "restarted",
+                               TAG_REASON: f"an earlier attempt failed: {previous.get(TAG_REASON, '')}"[:5000]})
         spec = ctx.spec
         self._append(params=flatten(
             {
