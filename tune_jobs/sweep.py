@@ -575,9 +575,8 @@ def _rows(spec: SweepSpec, results: Any, runs: dict[str, Any]) -> list[report.Tr
             status="failed",
             params=report.format_params(trial.params),
         )
-        if df is not None and spec.eval.metric in df:
-            df = df.dropna(subset=["fvd"])
-        if df is not None and len(df) and spec.eval.metric in df:  # not one FVD: the row stays unscored
+        df = df.dropna(subset=["fvd"]) if df is not None and spec.eval.metric in df else None
+        if df is not None and len(df):  # not one FVD: the row stays unscored
             last = df.iloc[-1]
             row.best_fvd, row.final_fvd = float(df["fvd"].min()), float(last["fvd"])
             best = df.loc[df["fvd"].idxmin()]
