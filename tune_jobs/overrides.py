@@ -33,6 +33,26 @@ def split(item: str) -> tuple[str, str]:
     return key, value
 
 
+def check_value(item: str) -> None:
+    """Raise SpecError when the value of ``item`` uses a YAML alias (``*name``): one override has nothing to
+    share, and aliases of aliases expand a few hundred bytes into billions of items (an "alias bomb") before any
+    check could see them. Read as events, the value costs time linear in its length; a value that is not valid
+    YAML is left to the merge, which names the problem."""
+    value = split(item)[1]
+    try:
+        for event in yaml.parse(value, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise SpecError(f"override {_shown(item)}: YAML aliases (*{event.anchor}) are not allowed in an "
+                                "override; write the value out (quote it if it is text)")
+    except yaml.YAMLError:
+        return
+
+
+def _shown(item: str, limit: int = 80) -> str:
+    """``item`` quoted, shortened to ``limit`` characters."""
+    return repr(item if len(item) <= limit else item[: limit - 3] + "...")
+
+
 def _arms(annotation: Any) -> list[Any]:
     """The arms of a union annotation (``X | None`` -> [X]), else [annotation]; None dropped."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -106,6 +126,7 @@ def apply(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
         return raw
     for item in overrides:
         check_key(split(item)[0])
+        check_value(item)
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
