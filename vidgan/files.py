@@ -199,8 +199,10 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join_uri(base: str, name: str) -> str:
-    """Join a folder (local path or URI) and a name with ``/``."""
-    return base.rstrip("/") + "/" + name
+    """Join a folder (local path or URI) and a name with ``/``, keeping a URI's query string at the end
+    (``s3://b/p?endpoint_override=h:9000`` + ``x`` -> ``s3://b/p/x?endpoint_override=h:9000``)."""
+    base, sep, query = base.partition("?") if "://" in base else (base, "", "")
+    return base.rstrip("/") + "/" + name + sep + query
 
 
 def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
