@@ -8,9 +8,12 @@ where a traceback or a hang is what the probe saw.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a deadline only a hang reaches (the refusals below answer in about a second, imports included)
@@ -62,3 +65,68 @@ def test_an_override_without_aliases_still_reads_as_yaml() -> None:
     raw = {"seeds": [0], "train": {"lr": 1e-4}}
     assert apply(raw, ["seeds=[1, 2]", "train.lr=2e-4"]) == {"seeds": [1, 2], "train": {"lr": 2e-4}}
     assert apply(raw, ["seeds='*a'"])["seeds"] == "*a"  # quoted: text, not an alias (the schema judges it later)
+
+
+# ------------------------------------------------------------------------------------------- shared data
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sources, shards): three real videos and the 3-shard, 6-clip dataset ingested from them."""
+    from videogen import write_video
+
+    from vidgan.ingest import IngestConfig, ingest
+
+    root = tmp_path_factory.mktemp("probe30")
+    src = root / "src"
+    src.mkdir()
+    for i in range(3):
+        write_video(src / f"v{i}.mp4", frames=32, width=40, height=32)
+    ingest([str(src)], root / "shards", IngestConfig(frames=16, size=32, shard_mb=0.01, parallel="local"))
+    return src, root / "shards"
+
+
+def tiny_spec(folder: Path, shards: Path, **extra: str) -> Path:
+    """A one-trial CPU sweep spec over ``shards`` (its store and results in ``folder``); ``extra``: more top-level
+    YAML lines by key."""
+    lines = {
+        "name": "p30",
+        "datasets": f"[{{name: tiny, path: {shards}}}]",
+        "model": "{frames: 16, size: 32, width: 4}",
+        "train": "{batch_size: 2}",
+        "variants": "[gp]",
+        "seeds": "[0]",
+        "eval": "{every: 2, n_real: 4, n_fake: 4, frames: 9, batch_size: 2, grid: 0}",
+        "scheduler": "{type: asha, max_t: 4, grace_period: 2, reduction_factor: 2}",
+        "resources": "{cpu: 1, gpu: 0, data_cpu: 0, threads: 1}",
+        "mlflow": f"{{tracking_uri: 'sqlite:///{folder}/mlflow.db', experiment: p30}}",
+        "storage_path": str(folder / "results"),
+        **extra,
+    }
+    path = folder / "spec.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
+    return path
+
+
+# ------------------------------------------------------------------------ 9: VIDGAN_CACHE that cannot be made
+
+
+def test_a_cache_under_a_regular_file_costs_the_cache_only(made: tuple[Path, Path], tmp_path: Path) -> None:
+    """#30 item 9: VIDGAN_CACHE under a regular file stopped train and ingest with '[Errno 20] Not a directory'
+    (not naming VIDGAN_CACHE) and `sweep --check` with a traceback; each now warns once naming it and works."""
+    src, shards = made
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    env = {"VIDGAN_CACHE": str(tmp_path / "afile" / "cache")}
+    shutil.copytree(shards, tmp_path / "again")  # a re-run verifies the shards it keeps (the cache's stamps)
+    runs = [
+        vidgan("train", "--data", shards, "--width", 4, "--batch-size", 2, "--n-critic", 1, "--iterations", 1,
+               "--device", "cpu", "--checkpoint", tmp_path / "c.pt", env=env),
+        vidgan("ingest", src, "--out", tmp_path / "again", "--frames", 16, "--size", 32, "--shard-mb", 0.01, env=env),
+        vidgan("sweep", tiny_spec(tmp_path, shards), "--check", env=env),
+    ]
+    for r in runs:
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (r.args, r.stderr)
+        warned = [line for line in r.stderr.splitlines() if "VIDGAN_CACHE=" in line]
+        assert len(warned) == 1 and "cannot be used as vidgan's cache" in warned[0], r.stderr
+    assert (tmp_path / "c.pt").is_file() and (tmp_path / "again" / "manifest.json").is_file()
+    assert (tmp_path / "afile").read_text() == "a file, not a folder\n"

@@ -39,11 +39,38 @@ LOCK_SUFFIX = ".vidgan-lock"
 CACHE_ENV = "VIDGAN_CACHE"
 
 
+#: cache folders that could not be made, and the temporary folder this process caches in instead
+_CACHE_STAND_INS: dict[Path, Path] = {}
+
+
 def cache_dir() -> Path:
     """Where vidgan caches what it can rebuild (converted I3D weights, statistics locks, verified-shard
-    stamps): ``$VIDGAN_CACHE`` if set, else ``~/.cache/vidgan``. Deleting it only costs time."""
+    stamps): ``$VIDGAN_CACHE`` if set, else ``~/.cache/vidgan``. Deleting it only costs time, and so does a cache
+    that cannot be made (under a regular file, in a folder this user cannot write): one warning naming it, and
+    this process caches in a temporary folder of its own, removed at exit."""
     root = os.environ.get(CACHE_ENV)
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "vidgan"
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "vidgan"
+    if path in _CACHE_STAND_INS:
+        return _CACHE_STAND_INS[path]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _cache_stand_in(path, f"{CACHE_ENV}={root}" if root else f"the default cache {path}", e)
+    return path
+
+
+def _cache_stand_in(path: Path, shown: str, error: OSError) -> Path:
+    """A temporary cache folder for this process instead of ``path``, which cannot be made; warned once."""
+    import atexit
+    import shutil
+
+    stand_in = Path(tempfile.mkdtemp(prefix="vidgan-cache-"))
+    atexit.register(shutil.rmtree, stand_in, ignore_errors=True)
+    _CACHE_STAND_INS[path] = stand_in
+    print(f"vidgan: warning: {shown} cannot be used as vidgan's cache ({error.strerror or error}); carrying on "
+          f"without it (a temporary cache for this run: I3D weights are converted and shards hashed again)",
+          file=sys.stderr)
+    return stand_in
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
