@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import socket
+import stat
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -110,6 +114,11 @@ class WriterBusy(OSError):
     """Another process holds the :func:`writer_lock` of a file or folder; the message names it."""
 
 
+class ClaimLost(WriterBusy):
+    """This process's :func:`writer_lock` no longer stands (its lock file was removed or replaced, or the claimed
+    folder was moved away): another process may be writing the same target, so nothing more is written to it."""
+
+
 def lock_path(target: str | os.PathLike[str], folder: bool = False) -> Path:
     """The lock file of ``target``: ``<target>/.vidgan-lock`` for a folder, ``.<name>.vidgan-lock`` beside a file."""
     target = Path(target)
@@ -130,6 +139,120 @@ def _holder(fd: int, wait: float = 1.0) -> str:
             time.sleep(0.05)
 
 
+def _holder_at(path: Path) -> str:
+    """:func:`_holder` read from the lock file's name (the holder of a folder's lock, whose file may be gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return f"another process (its lock file {path} was removed)"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "another process"
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_lock(target: Path, path: Path) -> int:
+    """Open (or create) the lock file ``path`` for ``target``; refuse, in one line naming it, a lock file that is a
+    symbolic link, not a regular file, or has other names (hard links): its holder writes into it, and must never
+    write through it into a file someone aimed it at."""
+    def refuse(why: str, errno_: int) -> OSError:
+        return OSError(errno_, f"cannot claim {target} for writing: its lock file {path} {why}; vidgan does not "
+                       f"write through it: remove it (rm {path}) and run this again")
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise refuse("is a symbolic link", e.errno) from None
+        if e.errno in (errno.EISDIR, errno.ENXIO):
+            raise refuse("is not a regular file", e.errno) from None
+        raise OSError(e.errno, f"cannot claim {target} for writing: its lock file {path} cannot be created "
+                      f"({e.strerror or e})") from None
+    st = os.fstat(fd)
+    why = "is not a regular file" if not stat.S_ISREG(st.st_mode) else "has other names (hard links)" \
+        if st.st_nlink > 1 else None
+    if why:
+        os.close(fd)
+        raise refuse(why, errno.EPERM)
+    return fd
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` (not followed when a symbolic link) is the file open as ``fd``."""
+    try:
+        a, b = os.lstat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _lock_folder(target: Path, path: Path, advice: str) -> int | None:
+    """An ``flock`` on the claimed folder itself, which no removal of its lock file can undo; None where the
+    filesystem cannot lock a folder (the lock file alone then claims it, checked before each write)."""
+    while True:
+        dfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(dfd)
+            raise WriterBusy(f"{target} is being written by {_holder_at(path)}: {advice}") from None
+        except OSError:  # e.g. NFS, where flock on a folder fails
+            os.close(dfd)
+            return None
+        try:
+            st = os.stat(target)
+            if (st.st_dev, st.st_ino) == (os.fstat(dfd).st_dev, os.fstat(dfd).st_ino):
+                return dfd
+        except FileNotFoundError:
+            pass
+        os.close(dfd)  # moved away between our open and our lock: lock what the name is now
+
+
+@dataclass
+class _Claim:
+    """A :func:`writer_lock` this process holds (:func:`check_claim` reads them)."""
+
+    target: str  # absolute
+    folder: bool
+    lock: Path
+    fd: int  # the lock file
+    folder_fd: int | None  # the claimed folder, flock'ed (folder claims)
+
+    def lost(self) -> str | None:
+        """Why the claim no longer stands, or None while it does."""
+        if self.folder_fd is not None:
+            try:
+                st, held = os.stat(self.target), os.fstat(self.folder_fd)
+                if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                    return None
+            except FileNotFoundError:
+                pass
+            return f"the folder {self.target} was moved away or replaced while this run held it"
+        if _same_file(self.lock, self.fd):
+            return None
+        return f"its lock file {self.lock} was removed or replaced while this run held it"
+
+
+_CLAIMS: list[_Claim] = []
+_CLAIMS_LOCK = threading.Lock()
+
+
+def check_claim(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ClaimLost` when ``path`` is a file that this process claimed (:func:`writer_lock`), or lies in a
+    folder it claimed, and that claim no longer stands: another process may be writing it. The last check before a
+    write replaces a file (:func:`atomic_write`), so a removed lock file costs a clear error, never a lost write."""
+    where = os.path.abspath(path)
+    with _CLAIMS_LOCK:
+        claims = [c for c in _CLAIMS if where == c.target or (c.folder and os.path.dirname(where) == c.target)]
+    for claim in claims:
+        why = claim.lost()
+        if why:
+            raise ClaimLost(f"{claim.target}: {why}, so another process may be writing it now: stopped without "
+                            f"writing {where}; check what the other process wrote, then run this again")
+
+
 @contextlib.contextmanager
 def writer_lock(target: str | os.PathLike[str], folder: bool = False, command: str | None = None,
                 advice: str = "wait for it to finish, then run this again") -> Iterator[Path]:
@@ -138,30 +261,38 @@ def writer_lock(target: str | os.PathLike[str], folder: bool = False, command: s
     naming the holder; ``advice`` ends that message.
 
     The claim is an ``flock`` on :func:`lock_path`, which the kernel drops when the holder exits, however it
-    exits. The holder writes its pid, host, command and start time into the file, and removes the file when
-    done (a process that opened the file before the removal notices it holds a removed file and opens anew).
+    exits, and for a folder also an ``flock`` on the folder itself. The holder writes its pid, host, command and
+    start time into the file, and removes the file when done (a process that opened the file before the removal
+    notices it holds a removed file and opens anew). A lock file that is a symbolic link, not a regular file or
+    a file with other names is refused in one line (an ``OSError`` naming it): nothing is written through it.
+
+    A lock file removed while its holder runs: a folder stays claimed (its own ``flock``: a second writer is
+    refused all the same); a file's next writer gets a new lock file, and the holder's next
+    :func:`atomic_write` of the file stops with :class:`ClaimLost` before replacing it (:func:`check_claim`),
+    so one of the two stops and neither's write is lost unseen. The holder removes only its own lock file.
     """
     path = lock_path(target, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot claim {target} for writing: its lock file {path} cannot be created "
-                          f"({e.strerror or e})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise WriterBusy(f"{target} is being written by {holder}: {advice}") from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # its previous holder removed it between our open and our lock: take the new one
+    folder_fd = _lock_folder(Path(target), path, advice) if folder else None
+    try:
+        while True:
+            fd = _open_lock(Path(target), path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise WriterBusy(f"{target} is being written by {holder}: {advice}") from None
+            if _same_file(path, fd):
+                break
+            os.close(fd)  # its previous holder removed it between our open and our lock: take the new one
+    except BaseException:
+        if folder_fd is not None:
+            os.close(folder_fd)
+        raise
+    claim = _Claim(os.path.abspath(target), folder, path, fd, folder_fd)
+    with _CLAIMS_LOCK:
+        _CLAIMS.append(claim)
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "command": command or " ".join(["vidgan", *sys.argv[1:2]]),
@@ -171,9 +302,14 @@ def writer_lock(target: str | os.PathLike[str], folder: bool = False, command: s
             os.pwrite(fd, json.dumps(info).encode(), 0)
         yield path
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # still holding the lock: nobody can have taken it meanwhile
+        with _CLAIMS_LOCK:
+            _CLAIMS.remove(claim)
+        if _same_file(path, fd):  # still holding its lock: nobody can have taken it meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         os.close(fd)
+        if folder_fd is not None:
+            os.close(folder_fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,10 +322,34 @@ def _fsync_dir(path: Path) -> None:
     os.close(fd)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: those of the regular file it replaces, else what the
+    umask leaves of ``rw-rw-rw-`` (as ``open`` would give a new file)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Write a local file whole or not at all: ``write(f)`` fills a temp file in the same folder, which is
     flushed, fsynced and renamed over ``path``. On any error the temp file is removed and ``path`` is
-    left as it was."""
+    left as it was. The file keeps the permissions of the file it replaces; a new one follows the umask.
+
+    When this process claimed ``path`` or its folder (:func:`writer_lock`) and the claim no longer stands,
+    :class:`ClaimLost` is raised before ``path`` is replaced (:func:`check_claim`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -197,7 +357,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), _mode_for(path))
             os.fsync(f.fileno())
+        check_claim(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
