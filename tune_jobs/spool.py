@@ -28,6 +28,7 @@ the driver (the end of a sweep, and trials whose last records were not delivered
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,24 +73,39 @@ class Spool:
         self._lock = threading.Lock()
         self.records: list[dict[str, Any]] = read_records(self.path)
         self.committed = self.last_seq
+        self.unwritten = 0  # records kept in memory only: the last appends failed (a full disk)
+        self._state_warned = False
 
     @property
     def last_seq(self) -> int:
         return self.records[-1]["seq"] if self.records else 0
 
     def append(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Write one record (fsync'd) and return it; not deliverable before :meth:`commit`."""
+        """Write one record (fsync'd) and return it; not deliverable before :meth:`commit`.
+
+        A write that fails (a full disk) leaves the file as it was, never a torn line, and costs one warning
+        naming the file: the record is kept in memory (delivered, and exported into checkpoints, all the same)
+        and written with the next append that succeeds."""
         with self._lock:
             record = {"seq": self.last_seq + 1, "op": op, **fields}
             previous = self.records[-1]["h"] if self.records else ""
             body = json.dumps(record, sort_keys=True, separators=(",", ":"))
             record["h"] = hashlib.sha256((previous + body).encode()).hexdigest()[:16]
-            line = json.dumps(record, separators=(",", ":")) + "\n"
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
             self.records.append(record)
+            self.unwritten += 1
+            lines = [_line(r) for r in self.records[len(self.records) - self.unwritten :]]
+            try:
+                _append_lines(self.path, "".join(lines).encode())
+            except OSError as exc:
+                if self.unwritten == 1:
+                    log.warning("tracking spool %s: cannot write record %d (%s): kept in memory and written with "
+                                "the next record; MLflow and checkpoints still get it", self.path, record["seq"],
+                                exc.strerror or exc)
+                return record
+            if self.unwritten > 1:
+                log.warning("tracking spool %s: written again (%d records kept in memory are on disk now)",
+                            self.path, self.unwritten)
+            self.unwritten = 0
             return record
 
     def add_file(self, source: str | os.PathLike, name: str | None = None) -> str:
@@ -112,8 +128,27 @@ class Spool:
             return [r for r in self.records if after < r["seq"] <= self.committed]
 
     def read_state(self) -> dict[str, Any]:
+        """The trial's small state (``trial_id``, ``best``: {key: [value, iteration]}, ``exploits``), or {}.
+
+        It holds nothing the records do not: a ``state.json`` that cannot be read or is not such an object costs
+        one warning naming it, and the best scores are rebuilt from the spool's records (the ``best_<key>``
+        metrics it logged); ``trial_id`` and ``exploits`` are then unknown."""
         path = self.folder / STATE_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            state = json.loads(path.read_bytes().decode("utf-8"))
+            why = _state_problem(state)
+        except (OSError, ValueError) as exc:
+            why = f"unreadable ({' '.join(str(exc).split())[:200]})"
+        if why is None:
+            return state
+        if not self._state_warned:
+            self._state_warned = True
+            log.warning("tracking state %s is %s: ignored; the best scores so far are rebuilt from the spool's "
+                        "records", path, why)
+        best = best_from_records(self.records)
+        return {"best": best} if best else {}
 
     def write_state(self, state: dict[str, Any]) -> None:
         tmp = self.folder / (STATE_FILE + ".tmp")
@@ -126,8 +161,9 @@ class Spool:
         target = Path(target)
         (target / FILES_DIR).mkdir(parents=True, exist_ok=True)
         with self._lock:
-            if self.path.exists():
-                shutil.copyfile(self.path, target / SPOOL_FILE)
+            if self.records:  # from memory: the records a failed append kept there too, no line that is not one
+                with open(target / SPOOL_FILE, "wb") as f:
+                    f.write("".join(_line(r) for r in self.records).encode())
             for record in self.records:
                 if record["seq"] > delivered and "file" in record and (self.folder / record["file"]).exists():
                     shutil.copyfile(self.folder / record["file"], target / record["file"])
@@ -147,17 +183,130 @@ class Spool:
         return cls(folder)
 
 
+def _line(record: dict[str, Any]) -> str:
+    """A record as its line in the spool file."""
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def _append_lines(path: Path, data: bytes) -> None:
+    """Append whole lines to ``path`` (fsync'd). A file that does not end a line (a torn write of a crash) gets a
+    newline first, so the torn line stays alone; a write that fails is cut off again: the file is as before."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # else what stays is a torn line alone, which readers skip
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+_OPS = ("batch", "status", "artifact", "image")
+
+
+def _problem(record: Any, last_seq: int) -> str | None:
+    """Why a parsed line is not a record that can follow sequence number ``last_seq``, or None when it is."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    seq = record.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return "no sequence number (seq)"
+    if seq <= last_seq:
+        return f"seq {seq} does not follow {last_seq}"
+    if record.get("op") not in _OPS:
+        return f"unknown op {record.get('op')!r}"
+    if record["op"] == "batch":
+        metrics, params, tags = record.get("metrics", []), record.get("params", {}), record.get("tags", {})
+        if not (isinstance(metrics, list) and all(_is_metric(m) for m in metrics)):
+            return "metrics that are not [key, value, timestamp, step] lists"
+        if not (isinstance(params, dict) and isinstance(tags, dict)):
+            return "params or tags that are not objects"
+    elif record["op"] == "status" and not isinstance(record.get("status"), str):
+        return "no status"
+    elif record["op"] in ("artifact", "image") and not isinstance(record.get("file"), str):
+        return "no file"
+    elif record["op"] == "image" and not (isinstance(record.get("key"), str) and _is_int(record.get("step"))):
+        return "no key or step"
+    return None
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_metric(m: Any) -> bool:
+    return (isinstance(m, list) and len(m) == 4 and isinstance(m[0], str)
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in m[1:])
+            and all(_is_int(x) or (isinstance(x, float) and x.is_integer()) for x in m[2:]))
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a spool file; a torn last line (a crash mid-write) is dropped."""
+    """The records of a spool file, in order. A line that is not a record (not JSON, not UTF-8, not an object,
+    no or an out-of-order sequence number, an unknown op) is skipped with a warning naming the file and the line,
+    and the records after it are kept; a torn last line (a crash mid-write) is dropped quietly."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_bytes().split(b"\n")
+    records: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        last = number == len(lines)  # no newline after it: the write of this line never finished
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+            record = None
+        else:
+            why = _problem(record, records[-1]["seq"] if records else 0)
+        if why is None:
+            records.append(record)
+        elif last:
+            log.info("tracking spool %s: line %d is torn (a write that never finished): dropped", path, number)
+        else:
+            log.warning("tracking spool %s: line %d is not a tracking record (%s): skipped, the records after it "
+                        "are kept", path, number, why)
     return records
+
+
+def _state_problem(state: Any) -> str | None:
+    """Why a parsed ``state.json`` is not a spool state, or None when it is."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    best = state.get("best", {})
+    if not (isinstance(best, dict) and all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int | float) and _is_int(v[1])
+            for v in best.values())):
+        return "not a state: its best scores are not {key: [value, iteration]}"
+    if not isinstance(state.get("trial_id", ""), str):
+        return "not a state: its trial_id is not a string"
+    exploits = state.get("exploits", [])
+    if not (isinstance(exploits, list) and all(isinstance(e, str) for e in exploits)):
+        return "not a state: its exploits are not a list of strings"
+    return None
+
+
+def best_from_records(records: list[dict[str, Any]]) -> dict[str, list[float | int]]:
+    """The best score so far of each ranked key, ``{key: [value, iteration]}``, from the last ``best_<key>`` and
+    ``best_<key>_iteration`` metrics the records hold (what :class:`~tune_jobs.tracking.TrialLogger` logs)."""
+    best: dict[str, list[float | int]] = {}
+    for record in records:
+        if record.get("op") != "batch":
+            continue
+        metrics = {m[0]: m[1] for m in record.get("metrics", [])}
+        for name, iteration in metrics.items():
+            key = name[len("best_") : -len("_iteration")]
+            if name.startswith("best_") and name.endswith("_iteration") and f"best_{key}" in metrics:
+                best[key] = [float(metrics[f"best_{key}"]), int(iteration)]
+    return best
 
 
 # ------------------------------------------------------------------------------------------ delivery
