@@ -210,7 +210,7 @@ def test_placeholder_security_group_is_refused_before_any_instance(
     groups = {g for nc in node_configs(prepared).values() for g in nc.get("SecurityGroupIds", [])}
     assert len(groups) == 1, groups
     (group,) = groups
-    assert "CHANGE-ME" in group  # the user puts the id of the group they created (README) here
+    assert "CHANGE-ME" in group  # the user puts the id of the group they created (docs/cluster.md) here
     pytest.importorskip("boto3")
     from ray.autoscaler._private.aws import config as aws_config
 
@@ -240,10 +240,10 @@ def test_head_policy_passes_only_the_worker_role_and_scopes_ec2_and_s3(prepared:
     worker_roles = {nc["IamInstanceProfile"]["Name"] for n, nc in node_configs(prepared).items()
                     if n != prepared["head_node_type"]}  # fmt: skip
     head_profile = node_configs(prepared)[prepared["head_node_type"]]["IamInstanceProfile"]["Name"]
-    # the head runs with the profile README creates from this policy (role and profile of one name)
+    # the head runs with the profile docs/cluster.md creates from this policy (role and profile of one name)
     assert head_profile == "vidgan-ray-head" and head_profile not in worker_roles
-    readme = (REPO / "README.md").read_text()
-    assert "file://cluster/iam-$p-policy.json" in readme and "for p in head worker" in readme
+    guide = (REPO / "docs" / "cluster.md").read_text()
+    assert "file://cluster/iam-$p-policy.json" in guide and "for p in head worker" in guide
 
     def actions(st: dict[str, Any]) -> list[str]:
         return [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
