@@ -130,3 +130,43 @@ def test_a_cache_under_a_regular_file_costs_the_cache_only(made: tuple[Path, Pat
         assert len(warned) == 1 and "cannot be used as vidgan's cache" in warned[0], r.stderr
     assert (tmp_path / "c.pt").is_file() and (tmp_path / "again" / "manifest.json").is_file()
     assert (tmp_path / "afile").read_text() == "a file, not a folder\n"
+
+
+# --------------------------------------------------------------------------- 10: odd values in the report's store
+
+
+def odd_store(folder: Path) -> str:
+    """A SQLite MLflow store holding one sweep whose trials logged a seed that is not an integer and an infinite
+    FVD: trial a (seed 'zero', FVD inf then 30), trial b (seed '1', only inf). Its URI."""
+    from mlflow import MlflowClient
+
+    from tune_jobs import tracking
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    exp = tracking.ensure_experiment(uri, "p30")
+    parent = tracking.start_parent_run(uri, exp, "odd")
+    client = MlflowClient(uri)
+    for trial, seed, fvds in (("a", "zero", [float("inf"), 30.0]), ("b", "1", [float("inf")])):
+        run = client.create_run(exp, run_name=trial, tags={tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial",
+                                                           tracking.TAG_TRIAL: trial, tracking.TAG_VARIANT: "gp",
+                                                           tracking.TAG_DATASET: "tiny"})
+        client.log_param(run.info.run_id, "seed", seed)
+        for step, value in enumerate(fvds, start=1):
+            client.log_metric(run.info.run_id, "fvd", value, step=2 * step)
+        client.set_terminated(run.info.run_id)
+    client.set_terminated(parent)
+    return uri
+
+
+def test_report_reads_a_seed_that_is_no_integer_and_never_calls_inf_a_best_fvd(tmp_path: Path, capsys) -> None:
+    """#30 item 10: `vidgan report` stopped with a traceback (int('zero')) and showed inf as a best FVD."""
+    from tune_jobs.main import main
+
+    uri = odd_store(tmp_path)
+    assert main(["report", "odd", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "inf" not in out, out
+    trials = [line for line in out.splitlines() if line.startswith("| gp | tiny |")]
+    assert len(trials) == 2, out
+    assert "| zero | 30.000 |" in trials[0], trials  # the scored trial first, its seed as logged
+    assert "| 1 | - |" in trials[1], trials  # only an infinite FVD: unscored

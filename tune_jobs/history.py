@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,12 @@ def _latest_value(history: list[Any]) -> float:
     return float(max(history, key=lambda m: (m.step, m.timestamp)).value) if history else math.nan
 
 
+def finite(value: float) -> bool:
+    """Whether a logged value is a number: not NaN, not infinite, and not the largest float, which is how MLflow's
+    SQL stores keep an infinite value."""
+    return math.isfinite(value) and abs(value) < sys.float_info.max
+
+
 def per_step(history: list[Any]) -> list[Any]:
     """One value per step, the one logged last, by step: a trial restored from an earlier checkpoint evaluates a
     step again, and its first evaluation belongs to the branch the restore dropped."""
@@ -92,7 +99,7 @@ def trial_row(client: MlflowClient, run: Any) -> report.TrialRow:
         trial_id=tags.get(tracking.TAG_TRIAL, run.info.run_id),
         variant=tags.get(tracking.TAG_VARIANT, params.get("variant", "?")),
         dataset=tags.get(tracking.TAG_DATASET, params.get("dataset", "?")),
-        seed=int(params.get("seed", 0)),
+        seed=report.parse_seed(params.get("seed", "0")),
         status=status,
         params=tags.get(tracking.TAG_PARAMS, ""),
         reason=tags.get(tracking.TAG_REASON, "") if status in ("failed", "diverged") else "",
@@ -101,13 +108,13 @@ def trial_row(client: MlflowClient, run: Any) -> report.TrialRow:
 
     row.restart_causes = parse_restart_log(tags.get(TAG_RESTART_LOG, ""))
     row.restarts = int(tags[TAG_RESTARTS]) if tags.get(TAG_RESTARTS, "").isdigit() else 0
-    fvd = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd")) if not math.isnan(m.value)]
+    fvd = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd")) if finite(m.value)]
     if not fvd:
         return row
     row.curve = [(int(m.step), float(m.value)) for m in fvd]
     best = min(fvd, key=lambda m: m.value)  # the first of equal values, as pandas' idxmin
     row.best_fvd, row.final_fvd = float(best.value), float(fvd[-1].value)
-    raw = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd_raw")) if not math.isnan(m.value)]
+    raw = [m for m in per_step(client.get_metric_history(run.info.run_id, "fvd_raw")) if finite(m.value)]
     if raw:
         row.best_fvd_raw = float(min(m.value for m in raw))
     for key, attr in (("fvd_ci_low", "best_fvd_ci_low"), ("fvd_ci_high", "best_fvd_ci_high")):

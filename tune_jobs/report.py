@@ -29,7 +29,7 @@ class TrialRow:
     trial_id: str
     variant: str
     dataset: str
-    seed: int
+    seed: int | str  # as logged: a text that is not an integer is shown as it is
     status: TrialStatus
     best_fvd: float = math.nan
     final_fvd: float = math.nan
@@ -82,11 +82,29 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def parse_seed(value: object) -> int | str:
+    """A trial's seed as logged (an MLflow param is text): the integer, or the text itself when it is none."""
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return str(value)
+
+
+def seed_order(seed: int | str) -> tuple[int, int, str]:
+    """A sort key of seeds: integers by value, then texts (a seed that is not an integer) by text."""
+    return (0, seed, "") if isinstance(seed, int) else (1, 0, seed)
+
+
+def scored(row: TrialRow) -> bool:
+    """Whether the trial has a best FVD: a finite one (NaN is no score, and neither is an infinite FVD)."""
+    return math.isfinite(row.best_fvd)
+
+
 def sort_rows(rows: list[TrialRow]) -> list[TrialRow]:
     """Best first: by best FVD, trials without a score last; ties by variant, dataset, seed and trial id, so the
     order does not depend on the order the rows came in (Tune's results, MLflow's runs)."""
-    return sorted(rows, key=lambda r: (math.isnan(r.best_fvd), 0.0 if math.isnan(r.best_fvd) else r.best_fvd,
-                                       r.variant, r.dataset, r.seed, r.trial_id))
+    return sorted(rows, key=lambda r: (not scored(r), r.best_fvd if scored(r) else 0.0, r.variant, r.dataset,
+                                       seed_order(r.seed), r.trial_id))
 
 
 def markdown(rows: list[TrialRow]) -> str:
@@ -174,14 +192,14 @@ def aggregate(rows: list[TrialRow], alpha: float = ALPHA) -> list[VariantRow]:
         for (d, variant), trials in sorted(groups.items()):
             if d != dataset:
                 continue
-            scored = sorted((t for t in trials if not math.isnan(t.best_fvd)), key=lambda t: t.seed)
-            values = [t.best_fvd for t in scored]
+            with_fvd = sorted((t for t in trials if scored(t)), key=lambda t: seed_order(t.seed))
+            values = [t.best_fvd for t in with_fvd]
             n = len(values)
             mean = sum(values) / n if n else math.nan
             sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
             here.append(VariantRow(
                 variant=variant, dataset=dataset, n_seeds=n, fvd_mean=mean, fvd_ci95=t_half_width(values),
-                fvd_sd=sd, rank=0, vs_best="", p_value=math.nan, seeds=",".join(str(t.seed) for t in scored),
+                fvd_sd=sd, rank=0, vs_best="", p_value=math.nan, seeds=",".join(str(t.seed) for t in with_fvd),
                 completed=sum(t.status == "completed" for t in trials), trials=len(trials), values=values,
             ))
         ranked = sorted((v for v in here if v.n_seeds), key=lambda v: (v.fvd_mean, v.variant))
@@ -317,7 +335,7 @@ def sweep_description(
     ranked = sort_rows(rows)
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {ENDED_WORDS[s]}" for s in (*TRIAL_ENDS, UNFINISHED)
                        if any(r.status == s for r in rows))
-    scored = [r for r in ranked if not math.isnan(r.best_fvd)]
+    with_fvd = [r for r in ranked if scored(r)]
     # the links first: MLflow folds a long description after its first lines ("Show more")
     links = [f"[The whole table (comparison.md)]({comparison_link})"]
     if compare_link:
@@ -337,14 +355,14 @@ def sweep_description(
         if untested:
             line += "; untested against it (one seed): " + ", ".join(v.variant for v in untested)
         lines.append(line + ".")
-    if not scored:
+    if not with_fvd:
         lines.append(f"**No trial was scored** ({len(rows)} trials: {counts}).")
     else:
-        win = scored[0]
+        win = with_fvd[0]
         lines.append(f"**{'Best trial' if over_seeds else 'Winner'}: {win.variant}** (best FVD {_fmt(win.best_fvd)} at "
                      f"iteration {best_iteration(win)}, `{win.dataset}`, seed {win.seed}, {ENDED_WORDS[win.status]}), "
                      f"of {len(rows)} trials: {counts}.")
-        tied = [r for r in scored[1:] if r.best_fvd == win.best_fvd]
+        tied = [r for r in with_fvd[1:] if r.best_fvd == win.best_fvd]
         if tied and not over_seeds:
             names = ", ".join(f"{r.variant} (`{r.dataset}`, seed {r.seed})" for r in tied)
             lines.append(f"Tied with it: {names}.")
