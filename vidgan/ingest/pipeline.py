@@ -19,7 +19,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from vidgan.files import TMP_SUFFIX, sha256_file, writer_lock
+from vidgan import storage
+from vidgan.files import TMP_SUFFIX, cache_dir, sha256_file, writer_lock
 from vidgan.progress import progress
 from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION, ShardError, check_shard_name, verify_file
 
@@ -218,10 +219,12 @@ def ingest(sources: list[str], out: str | os.PathLike, config: IngestConfig | No
     writer per folder: :func:`vidgan.files.writer_lock`).
     """
     cfg = config or IngestConfig()
-    out = Path(out)
     made = synthetic_sources(cfg.synthetic) if cfg.synthetic else []
     if not sources and not made:
         raise IngestError("no sources given")
+    if storage.is_remote(out):
+        return _ingest_remote(sources, made, str(out), cfg)
+    out = Path(storage.local_path(out))
     _prepare_out(out)
     advice = "wait for it to finish, then run this command again: it adds its sources to the same dataset"
     with writer_lock(out, folder=True, command="vidgan ingest", advice=advice):
@@ -272,3 +275,64 @@ def _ingest(sources: list[str], made: list[SourceFile], out: Path, cfg: IngestCo
         detail = "; ".join(reasons[:5]) if reasons else "no sources found"
         raise IngestError(f"no usable clips in {', '.join(roots)}: {detail}")
     return manifest
+
+
+# ------------------------------------------------------------------------------ object stores
+
+
+def staging_dir(out: str) -> Path:
+    """The local folder where an ingest into the object-store URI ``out`` builds its dataset before publishing it
+    (in the cache: removed once published; an interrupted ingest resumes from it)."""
+    import hashlib
+
+    key = hashlib.sha256(storage.split_query(storage.redact_uri(out))[0].encode()).hexdigest()[:20]
+    return cache_dir() / "staging" / key
+
+
+def _ingest_remote(sources: list[str], made: list[SourceFile], out: str, cfg: IngestConfig) -> dict[str, Any]:
+    """Ingest into an object store (``s3://``): decode and write shards into a local staging folder with every
+    local guarantee (resume, verification, one writer), then publish: each shard as a whole object, the manifest
+    last, so that readers, who start from the manifest, see the whole dataset or none of it.
+
+    Refused in one line before anything is written: a scheme vidgan does not write, a missing bucket, a denied
+    write, and a target that already holds a dataset (a published dataset is not appended to: ingest into a new
+    prefix). One writer at a time: an S3 lease object (:func:`vidgan.storage.claim`)."""
+    shown = storage.redact_uri(out)
+    try:
+        storage.check_writable_scheme(out, "--out")
+        storage.probe_writable(out, "--out")
+    except storage.StorageError as e:
+        raise IngestError(str(e)) from None
+    advice = "wait for it to finish, then run this command again"
+    with storage.claim(out, folder=True, command="vidgan ingest", advice=advice):
+        manifest_uri = storage.child(out, MANIFEST_NAME)
+        if storage.exists(manifest_uri):
+            raise IngestError(
+                f"{shown} already holds a dataset ({MANIFEST_NAME}); a published dataset is not appended to, so "
+                "nothing was changed: ingest into a new prefix (or locally, then copy)"
+            )
+        stage = staging_dir(out)
+        log.info("building the dataset in %s, then publishing it to %s", stage, shown)
+        stage.mkdir(parents=True, exist_ok=True)
+        with writer_lock(stage, folder=True, command="vidgan ingest", advice=advice):
+            manifest = _ingest(sources, made, stage, cfg)
+        _publish(stage, out, manifest)
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+    return manifest
+
+
+def _publish(stage: Path, out: str, manifest: dict[str, Any]) -> None:
+    """Upload the staged shards that ``out`` lacks (same name and size), then the manifest, last."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.resolve(out)
+    have = {i.base_name: i.size for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+            if i.type == pafs.FileType.File}
+    entries = manifest["shards"]
+    for entry in progress(entries, total=len(entries), desc="publish", unit="shard"):
+        if have.get(entry["file"]) == entry["bytes"]:
+            continue  # published by an interrupted run: readers check its sha256 against the manifest
+        storage.upload_file(stage / entry["file"], storage.child(out, entry["file"]))
+    storage.upload_file(stage / MANIFEST_NAME, storage.child(out, MANIFEST_NAME))
