@@ -10,7 +10,10 @@ One writer at a time: :func:`writer_lock` claims a file or folder (an ``flock`` 
 beside it, or ``.vidgan-lock`` inside a folder) for the whole run that writes it. A second writer stops with
 :class:`WriterBusy`, whose message names the holder (pid, host, command, since when); a killed holder's
 claim ends with its process. Whoever holds the claim may remove the target's temporary files that a killed
-run left (:func:`remove_stale_temps`): no live vidgan process is writing them.
+run left (:func:`remove_stale_temps`): no live vidgan process is writing them. A lock file that is a symbolic
+link (or not a regular file) is refused, never written through; a folder's claim also holds the folder itself,
+so removing its lock file lets nobody in; a file's holder whose lock file was removed stops before its next
+write of the file (:class:`ClaimLost`) instead of replacing what a second writer wrote.
 """
 
 from __future__ import annotations
@@ -249,8 +252,8 @@ def check_claim(path: str | os.PathLike[str]) -> None:
     for claim in claims:
         why = claim.lost()
         if why:
-            raise ClaimLost(f"{claim.target}: {why}, so another process may be writing it now: stopped without "
-                            f"writing {where}; check what the other process wrote, then run this again")
+            raise ClaimLost(f"{where} not written: {why}, so another process may be writing {claim.target} now; "
+                            "see what it wrote, then run this again")
 
 
 @contextlib.contextmanager

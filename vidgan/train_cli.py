@@ -118,8 +118,12 @@ def _save(trainer: Trainer, ckpt: Path, run: Run) -> None:
     import errno
     import shutil
 
+    from vidgan.files import ClaimLost
+
     try:
         trainer.save(ckpt)
+    except ClaimLost:  # its lock file was removed and another writer may own ckpt now: its own line says so
+        raise
     except (OSError, RuntimeError) as e:  # torch reports a failed write as "RuntimeError: ... unexpected pos"
         need = sum(t.numel() * t.element_size() for t in _tensors(trainer.state_dict()))
         try:
