@@ -29,10 +29,11 @@ def vidgan(*argv: object, env: dict[str, str] | None = None, cwd: Path | None = 
                           env=full, cwd=cwd, timeout=timeout)
 
 
-def one_line(r: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2, no traceback, exactly one line on stderr, naming each of ``words``; the line."""
+def one_line(r: subprocess.CompletedProcess, *words: str, progress: str | None = None) -> str:
+    """Exit 2, no traceback, exactly one line on stderr (besides lines starting with ``progress``), naming each of
+    ``words``; the line."""
     assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
+    lines = [line for line in r.stderr.strip().splitlines() if not (progress and line.startswith(progress))]
     assert r.returncode == 2 and len(lines) == 1, (r.args, r.returncode, r.stderr)
     for w in words:
         assert w in lines[0], (w, lines[0])
@@ -170,3 +171,73 @@ def test_report_reads_a_seed_that_is_no_integer_and_never_calls_inf_a_best_fvd(t
     assert len(trials) == 2, out
     assert "| zero | 30.000 |" in trials[0], trials  # the scored trial first, its seed as logged
     assert "| 1 | - |" in trials[1], trials  # only an infinite FVD: unscored
+
+
+# ------------------------------------------------------------------------------------------- 11: full disks
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A function ``(bytes) -> folder`` mounting a tmpfs of that size (root only; skipped where it cannot be
+    mounted), and ``grow(folder, bytes)`` to free the disk; unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                           text=True) if os.geteuid() == 0 else None
+        if r is None or r.returncode:
+            pytest.skip(f"a small disk needs a tmpfs mount (root): {r.stderr.strip() if r else 'not root'}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def grow(folder: Path, size: int) -> None:
+    """Give the tmpfs at ``folder`` ``size`` bytes: the disk freed."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+
+def test_a_full_disk_during_ingest_says_what_was_kept_and_how_to_resume(made: tuple[Path, Path], small_disk) -> None:
+    """#30 item 11: a full disk ended the ingest with a bare '[Errno 28] No space left on device', where the README
+    promises what was kept and how to resume; then the same command, with space, resumes and loses nothing."""
+    src, shards = made
+    sizes = sorted(p.stat().st_size for p in shards.glob("*.parquet"))
+    disk = small_disk(sizes[0] + sizes[1] + 48 * 1024)  # two shards of the three, and the manifest
+    out = disk / "out"
+    argv = ["ingest", src, "--out", out, "--frames", 16, "--size", 32, "--shard-mb", 0.01]
+    line = one_line(vidgan(*argv), "No space left on device", f"{out} keeps 2 whole shard(s) with 4 clips",
+                    "run the same command again to resume", progress="3 source(s) to decode")
+    assert "[Errno" not in line
+    grow(disk, 4 * 2**20)
+    r = vidgan(*argv)
+    assert r.returncode == 0 and "1 source(s) to decode, 2 already in the manifest" in r.stderr, r.stderr
+    assert '"clips": 6' in r.stdout
+
+
+def test_report_out_on_a_full_disk_leaves_no_half_file(tmp_path: Path, small_disk) -> None:
+    """#30 item 11: `report --out` on a full disk left a truncated report.html (and the tables), which the next run
+    refused to replace; now it leaves nothing of its own there, and the next run writes the report."""
+    uri = odd_store(tmp_path)
+    disk = small_disk(2**20)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (2**20 - 40 * 1024))  # room for the tables and the curves, not for the page
+    out = disk / "report"
+    one_line(vidgan("report", "odd", "--tracking-uri", uri, "--out", out), "No space left on device", "report.html")
+    assert sorted(p.name for p in out.iterdir()) == []
+    filler.unlink()
+    r = vidgan("report", "odd", "--tracking-uri", uri, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.html").read_text().endswith("</html>\n")
+
+
+def test_report_refuses_an_empty_file_as_its_store_and_leaves_it_empty(tmp_path: Path) -> None:
+    """#30 item 11: `report` (read-only) wrote MLflow's tables into a 0-byte file given as the store."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    one_line(vidgan("report", "--tracking-uri", f"sqlite:///{empty}"), "empty file (0 bytes)", "not an MLflow store")
+    assert empty.stat().st_size == 0

@@ -404,10 +404,18 @@ def curve_figure(curves: Mapping[str, Sequence[tuple[int, float]]], metric: str 
     return fig
 
 
+def curves_png(curves: Mapping[str, Sequence[tuple[int, float]]], metric: str = "fvd") -> bytes:
+    """:func:`curve_figure` as the bytes of a PNG."""
+    buf = io.BytesIO()
+    curve_figure(curves, metric).savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, metric: str = "fvd") -> Path:
-    """:func:`curve_figure` saved as a PNG at ``path``."""
-    curve_figure(curves, metric).savefig(path)
-    return path
+    """:func:`curve_figure` saved as a PNG at ``path``, whole or not at all."""
+    from vidgan.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, curves_png(curves, metric))
 
 
 # ------------------------------------------------------------------------------------------ the sweep's tables
@@ -446,12 +454,17 @@ def headline(name: str, comparison: Comparison) -> str:
     return f"Sweep {name}: {len(comparison.rows)} trials, " + ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
+def table_files(comparison: Comparison, metric: str = "fvd") -> dict[str, bytes]:
+    """The contents of :data:`TABLE_FILES` by name: the table (Markdown), the comparison over seeds and the trials
+    (CSV), and the FVD curves (PNG)."""
+    return {"comparison.md": (comparison.table + "\n").encode(),
+            "comparison.csv": variants_csv(comparison.variants).encode(),
+            "trials.csv": to_csv(comparison.rows).encode(),
+            "fvd_vs_iterations.png": curves_png(curves(comparison.rows), metric)}
+
+
 def write_tables(comparison: Comparison, folder: Path, metric: str = "fvd") -> list[Path]:
-    """:data:`TABLE_FILES` into ``folder``: the table (Markdown), the comparison over seeds and the trials (CSV), and
-    the FVD curves (PNG)."""
-    folder = Path(folder)
-    (folder / "comparison.md").write_text(comparison.table + "\n")
-    (folder / "comparison.csv").write_text(variants_csv(comparison.variants))
-    (folder / "trials.csv").write_text(to_csv(comparison.rows))
-    plot_curves(curves(comparison.rows), folder / "fvd_vs_iterations.png", metric)
-    return [folder / f for f in TABLE_FILES]
+    """:func:`table_files` into ``folder``, each file whole or not at all (a full disk leaves no half file)."""
+    from vidgan.files import atomic_write_bytes
+
+    return [atomic_write_bytes(Path(folder) / name, data) for name, data in table_files(comparison, metric).items()]

@@ -32,6 +32,18 @@ def _store_exists(uri: str) -> bool:
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
 
 
+def _empty_store(uri: str) -> str | None:
+    """Why a local SQLite store that exists but is empty (0 bytes) is refused, or None: it holds no sweep, and
+    opening it would write MLflow's tables into a file the user may have made for something else."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///") :])
+    if path.is_file() and path.stat().st_size == 0:
+        return (f"MLflow store {uri}: {path} is an empty file (0 bytes), not an MLflow store: it holds no sweep; "
+                "left untouched (a report only reads)")
+    return None
+
+
 def _out_folder(out: str, names: tuple[str, ...], overwrite: bool) -> Path:
     """``out`` (made if missing), refusing to replace files of ours already there unless ``overwrite``."""
     folder = Path(out)
@@ -42,6 +54,30 @@ def _out_folder(out: str, names: tuple[str, ...], overwrite: bool) -> Path:
         raise FileExistsError(f"--out {out} already holds {', '.join(taken)}; pass --overwrite to replace them")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _write_out(folder: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write ``files`` (name -> bytes) into ``folder``, each whole or not at all; when one cannot be written (a full
+    disk), the files this run added are removed again and OSError says so in one line: a later run finds the folder
+    as it was, with no half file it would refuse to replace."""
+    from vidgan.files import atomic_write_bytes
+
+    written: list[tuple[Path, bool]] = []  # (path, whether this run added it)
+    for name, data in files.items():
+        path = folder / name
+        new = not path.exists()
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            for p, added in written:
+                if added:
+                    p.unlink(missing_ok=True)
+            replaced = [p.name for p, added in written if not added]
+            also = f" (already replaced: {', '.join(replaced)})" if replaced else ""
+            raise OSError(e.errno, f"--out {folder}: could not write {name} ({e.strerror or e}); no file of this "
+                          f"report was left there{also}") from None
+        written.append((path, new))
+    return [p for p, _ in written]
 
 
 def sweep_page(record: object, uri: str, tmp: Path) -> str:
@@ -97,9 +133,8 @@ def _one(args: argparse.Namespace, uri: str, tmp: Path) -> None:
           + f" (parent run {record.run_id}, {state})")
     print(comparison.table)
     if folder is not None:
-        report.write_tables(comparison, folder, record.metric)
-        (folder / REPORT_PAGE).write_text(sweep_page(record, uri, tmp))
-        print(f"\nwritten: {', '.join(str(folder / f) for f in (*report.TABLE_FILES, REPORT_PAGE))}")
+        files = {**report.table_files(comparison, record.metric), REPORT_PAGE: sweep_page(record, uri, tmp).encode()}
+        print(f"\nwritten: {', '.join(str(p) for p in _write_out(folder, files))}")
 
 
 def _compare(args: argparse.Namespace, uri: str, tmp: Path) -> None:
@@ -111,12 +146,11 @@ def _compare(args: argparse.Namespace, uri: str, tmp: Path) -> None:
     text = sweep_compare.markdown(a, b)
     print(text)
     if folder is not None:
-        (folder / "compare.md").write_text(text + "\n")
-        (folder / "compare.csv").write_text(sweep_compare.to_csv(a, b))
         title = f"vidgan sweeps {a.name} (A) and {b.name} (B)"
-        (folder / "compare.html").write_text(report_html.page(title, [("Side by side",
-                                                                       report_html.markdown_to_html(text))]))
-        print(f"\nwritten: {', '.join(str(folder / f) for f in COMPARE_FILES)}")
+        page = report_html.page(title, [("Side by side", report_html.markdown_to_html(text))])
+        files = {"compare.md": text + "\n", "compare.csv": sweep_compare.to_csv(a, b), "compare.html": page}
+        written = _write_out(folder, {name: data.encode() for name, data in files.items()})
+        print(f"\nwritten: {', '.join(str(p) for p in written)}")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -137,6 +171,9 @@ def _report(args: argparse.Namespace) -> int:
         if not _store_exists(uri):
             raise tracking.TrackingUnavailable(f"no MLflow store at {uri} (give --tracking-uri, or run where the "
                                                "sweep's mlflow.db is)")
+        empty = _empty_store(uri)
+        if empty:
+            raise tracking.TrackingUnavailable(empty)
         tracking.check_tracking(uri)
         with tempfile.TemporaryDirectory(prefix="vidgan-report-") as tmp:
             (_compare if args.compare else _one)(args, uri, Path(tmp))
