@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the ingest; exit status 0 when clips exist, 2 with a message otherwise."""
     from pydantic import ValidationError
 
+    from vidgan.files import redact_uri
+    from vidgan.storage import StorageError
+
     from .config import IngestConfig, SyntheticSpec
     from .pipeline import IngestError, ingest
     from .sample import sample_sources
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if not sources and not synthetic:
             raise IngestError("no SOURCE given (name files or directories, or pass --sample or --synthetic squares)")
         manifest = ingest(sources, args.out, cfg)
-    except (IngestError, ValidationError, OSError) as e:  # OSError: a missing sample, a full or read-only disk
+    except (IngestError, ValidationError, OSError, StorageError) as e:  # OSError: a missing sample, a full disk
         from vidgan.errors import fail
 
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # what was kept, how to go on
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
               "in the manifest are not decoded again)", file=sys.stderr)
         return 130
     t = manifest["totals"]
-    print(json.dumps({"out": args.out, **t}))
+    print(json.dumps({"out": redact_uri(args.out), **t}))
     skipped = {k: v["reason"] for k, v in manifest["sources"].items() if v["status"] == "skipped"}
     for k, reason in skipped.items():
         print(f"skipped {k}: {reason}", file=sys.stderr)
@@ -81,10 +84,17 @@ def kept(out: str) -> str:
     """What an interrupted ingest left in ``out``, in words (from its manifest: only whole, listed shards count)."""
     from pathlib import Path
 
+    from vidgan import storage
+
+    from .pipeline import staging_dir
+
+    remote = storage.is_remote(out)
+    folder = staging_dir(out) if remote else Path(storage.local_path(out))
+    where = f"the staging folder {folder} of {storage.redact_uri(out)} (not published yet)" if remote else out
     try:
-        m = json.loads((Path(out) / "manifest.json").read_text())
+        m = json.loads((folder / "manifest.json").read_text())
         t = m["totals"]
-        return (f"{out} keeps {t['shards']} whole shard(s) with {t['clips']} clips from {t['sources_ok']} source(s), "
-                "listed in its manifest.json")
+        return (f"{where} keeps {t['shards']} whole shard(s) with {t['clips']} clips from {t['sources_ok']} "
+                "source(s), listed in its manifest.json")
     except (OSError, ValueError, KeyError, TypeError):
-        return f"no shard was completed in {out}"
+        return f"no shard was completed in {where}"
