@@ -219,10 +219,14 @@ FULL_DISK = """
     s = Spool(sys.argv[1])
     s.append("batch", tags={"n": "1"})
     s.append("batch", tags={"n": "2"})
+    image = s.folder / "sample.png"
+    image.write_bytes(b"x" * 5000)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (s.path.stat().st_size + 40, hard))  # room for part of a line
-    try:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (s.path.stat().st_size + 40, hard))  # room for part of a line in any file
+    try:  # what TrialLogger.report does at each evaluation: records, a sample file, the state
         s.append("batch", tags={"n": "3", "pad": "x" * 200})
+        s.add_file(image, "big.png")
+        s.write_state({"trial_id": "t1", "best": {"fvd": [90.0, 2]}, "pad": "x" * 500})
         print("appended", flush=True)
     except OSError as e:
         print("raised", e, flush=True)
@@ -230,6 +234,8 @@ FULL_DISK = """
     s.append("batch", tags={"n": "4"})
     print(json.dumps([r["tags"]["n"] for r in read_records(s.path)]), flush=True)
     print(json.dumps([r["tags"]["n"] for r in s.records]), flush=True)
+    exported = s.export(sys.argv[2], 0)
+    print(json.dumps(Spool(exported).read_state()), flush=True)
 """
 
 
@@ -237,12 +243,14 @@ def test_a_spool_append_on_a_full_disk_leaves_no_torn_line_and_does_not_fail_the
     """#30 item 8: an append that fails half-way (a full disk): the trial goes on (no exception, one warning), the
     file is cut back to whole lines, and the record is written with the next append once there is room: no record
     after it is hidden."""
-    child = _python(FULL_DISK, str(tmp_path / "tracking"))
+    child = _python(FULL_DISK, str(tmp_path / "tracking"), str(tmp_path / "checkpoint"))
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
-    said, on_disk, in_memory = out.splitlines()
+    said, on_disk, in_memory, state = out.splitlines()
     assert said == "appended", (out, err)
     assert json.loads(on_disk) == ["1", "2", "3", "4"] and json.loads(in_memory) == ["1", "2", "3", "4"]
+    assert json.loads(state)["best"] == {"fvd": [90.0, 2]}  # a checkpoint gets the state it could not write
+    assert not (tmp_path / "tracking" / "files" / "big.png").exists()  # no half-copied file left
     assert "cannot write record 3" in err and str(tmp_path / "tracking" / spool.SPOOL_FILE) in err, err
     assert "Traceback" not in err, err
 

@@ -75,6 +75,7 @@ class Spool:
         self.committed = self.last_seq
         self.unwritten = 0  # records kept in memory only: the last appends failed (a full disk)
         self._state_warned = False
+        self._state: dict[str, Any] | None = None  # what write_state was given last
 
     @property
     def last_seq(self) -> int:
@@ -109,12 +110,19 @@ class Spool:
             return record
 
     def add_file(self, source: str | os.PathLike, name: str | None = None) -> str:
-        """Copy a file into the spool (fsync'd); returns its name relative to the spool folder."""
+        """Copy a file into the spool (fsync'd); returns its name relative to the spool folder. A copy that fails
+        (a full disk) is removed with one warning naming it: its record is delivered without that file."""
         rel = f"{FILES_DIR}/{name or Path(source).name}"
         target = self.folder / rel
-        shutil.copyfile(source, target)
-        with open(target, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            shutil.copyfile(source, target)
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            log.warning("tracking spool %s: cannot keep %s (%s): it will not reach MLflow", self.folder, rel,
+                        exc.strerror or exc)
         return rel
 
     def commit(self, seq: int | None = None) -> None:
@@ -134,6 +142,8 @@ class Spool:
         one warning naming it, and the best scores are rebuilt from the spool's records (the ``best_<key>``
         metrics it logged); ``trial_id`` and ``exploits`` are then unknown."""
         path = self.folder / STATE_FILE
+        if self._state is not None:
+            return json.loads(json.dumps(self._state))
         if not path.is_file():
             return {}
         try:
@@ -151,9 +161,18 @@ class Spool:
         return {"best": best} if best else {}
 
     def write_state(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (:meth:`read_state`) and write it to ``state.json``. A write that fails (a full disk)
+        costs one warning: the state is kept in memory, and :meth:`export` puts it into checkpoints all the same."""
+        self._state = json.loads(json.dumps(state))
         tmp = self.folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.folder / STATE_FILE)
+        try:
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.folder / STATE_FILE)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("tracking state %s: cannot write it (%s): kept in memory", self.folder / STATE_FILE,
+                        exc.strerror or exc)
 
     def export(self, target: str | os.PathLike, delivered: int) -> Path:
         """Copy the spool into ``target`` (a checkpoint folder): every record (metrics and tags are small, and a
@@ -167,7 +186,9 @@ class Spool:
             for record in self.records:
                 if record["seq"] > delivered and "file" in record and (self.folder / record["file"]).exists():
                     shutil.copyfile(self.folder / record["file"], target / record["file"])
-        if (self.folder / STATE_FILE).exists():
+        if self._state is not None:
+            (target / STATE_FILE).write_text(json.dumps(self._state))
+        elif (self.folder / STATE_FILE).exists():
             shutil.copyfile(self.folder / STATE_FILE, target / STATE_FILE)
         return target
 
