@@ -241,3 +241,94 @@ def test_report_refuses_an_empty_file_as_its_store_and_leaves_it_empty(tmp_path:
     empty.touch()
     one_line(vidgan("report", "--tracking-uri", f"sqlite:///{empty}"), "empty file (0 bytes)", "not an MLflow store")
     assert empty.stat().st_size == 0
+
+
+# ---------------------------------------------------------------------------------------- 7: broken plug-ins
+
+#: modules of an installed package "fakeplug" (name -> source), registered by its entry_points.txt below
+FAKE_MODULES = {
+    "fakeplug_boom": 'raise RuntimeError("boom at import")\n',
+    "fakeplug_obj": "THING = 42\n",
+    "fakeplug_gp": 'PRESET = {"penalty": "gp"}\n',
+    "fakeplug_bad": 'PRESET = {"penalty": "no_such_penalty"}\n',
+    "fakeplug_good": '"""A good plug-in: gp at weight 5."""\nPRESET = {"penalty": "gp", "penalty_weight": 5.0}\n',
+    "fakeplug_raises": 'EXTENSIONS = frozenset({".boom"})\n\ndef decode(src, cfg, out):\n'
+                       '    raise ValueError("cannot read " + src.path)\n',
+    "fakeplug_garbage": 'import numpy as np\nEXTENSIONS = frozenset({".junk"})\n\ndef decode(src, cfg, out):\n'
+                        '    out.clips, out.starts = np.zeros((1, 2, 3)), [0]\n',
+    "fakeplug_broken": "import fakeplug_no_such_module\n",
+}
+FAKE_ENTRY_POINTS = """[vidgan.variants]
+boom = fakeplug_boom
+missing = fakeplug_nothere
+notmod = fakeplug_obj:THING
+gp = fakeplug_gp
+badpreset = fakeplug_bad
+good = fakeplug_good
+
+[vidgan.ingest_sources]
+raising = fakeplug_raises
+garbage = fakeplug_garbage
+broken = fakeplug_broken
+"""
+#: the broken variant plug-ins, each warned about once
+BROKEN_VARIANTS = ("'boom'", "'missing'", "'notmod'", "'gp'", "'badpreset'")
+
+
+@pytest.fixture
+def fakeplug(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process that has the package "fakeplug" installed the way pip installs one: its modules
+    and its ``fakeplug-0.1.dist-info`` (METADATA, entry_points.txt) in a folder on ``sys.path``."""
+    site = tmp_path / "site"
+    info = site / "fakeplug-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(FAKE_ENTRY_POINTS)
+    for name, text in FAKE_MODULES.items():
+        (site / f"{name}.py").write_text(text)
+    return {"PYTHONPATH": str(site)}
+
+
+def plugin_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("vidgan: warning:") and "plug-in" in line]
+
+
+def test_broken_variant_plugins_cost_their_own_names_in_train_and_sweep(made: tuple[Path, Path], tmp_path: Path,
+                                                                        fakeplug: dict[str, str]) -> None:
+    """#30 item 7: a variant plug-in that raises at import, names a missing module or is not a module was a
+    traceback in train and sweep; one that shadows gp or has a bad PRESET one line in train, a traceback in sweep.
+    Each now costs its own name only: one warning naming it and its package, and the good plug-in trains."""
+    _, shards = made
+    train = vidgan("train", "--data", shards, "--variant", "good", "--width", 4, "--batch-size", 2, "--n-critic", 1,
+                   "--iterations", 1, "--device", "cpu", "--checkpoint", tmp_path / "c.pt", env=fakeplug)
+    check = vidgan("sweep", tiny_spec(tmp_path, shards, variants="[gp, good]"), "--check", env=fakeplug)
+    for r in (train, check):
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (r.args, r.stderr)
+        warned = plugin_warnings(r.stderr)
+        assert len(warned) == len(BROKEN_VARIANTS), r.stderr
+        for name in BROKEN_VARIANTS:
+            assert sum(f"variant plug-in {name}" in w and "package fakeplug" in w for w in warned) == 1, (name, warned)
+    assert "already taken by the built-in vidgan.loss_variants.gp" in train.stderr
+    assert "its PRESET is not a valid variant" in train.stderr and "sweep p30: 2 trial(s), 2 variant(s)" in check.stdout
+
+
+def test_broken_source_kinds_and_decoders_cost_their_own_sources(made: tuple[Path, Path], tmp_path: Path,
+                                                                 fakeplug: dict[str, str]) -> None:
+    """#30 item 7: any broken source-kind plug-in made every ingest a traceback, even of .mp4 files, and a decoder
+    that raised or returned garbage aborted the whole ingest, keeping nothing. Now: one warning for the broken kind,
+    each failing decoder's source skipped with its reason, the videos ingested."""
+    import json
+
+    src, _ = made
+    folder = shutil.copytree(src, tmp_path / "src")
+    (folder / "a.boom").write_bytes(b"boom")
+    (folder / "b.junk").write_bytes(b"junk")
+    r = vidgan("ingest", folder, "--out", tmp_path / "out", "--frames", 16, "--size", 32, env=fakeplug)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    warned = plugin_warnings(r.stderr)
+    assert len(warned) == 1 and "source kind plug-in 'broken'" in warned[0] and "package fakeplug" in warned[0]
+    sources = json.loads((tmp_path / "out" / "manifest.json").read_text())["sources"]
+    assert [sources[f"v{i}.mp4"]["status"] for i in range(3)] == ["ok"] * 3
+    assert sources["a.boom"]["status"] == "skipped" and "ValueError: cannot read" in sources["a.boom"]["reason"]
+    assert sources["b.junk"]["status"] == "skipped" and "float64 [1, 2, 3]" in sources["b.junk"]["reason"]
+    assert "skipped a.boom:" in r.stderr and "skipped b.junk:" in r.stderr

@@ -9,7 +9,7 @@ paper's variants (Pegg & Gorski) first. Their critics have no layer norm (the pa
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vidgan import loss_variants
 
@@ -75,10 +75,26 @@ class Variant(BaseModel):
         return value
 
 
+def _presets() -> dict[str, Variant]:
+    """Every variant module's preset, validated; a plug-in whose preset is no valid variant is left out with one
+    warning (:func:`vidgan.loss_variants.drop`), a built-in one raises."""
+    presets: dict[str, Variant] = {}
+    for name, fields in loss_variants.preset_fields().items():
+        try:
+            presets[name] = Variant.model_validate(fields)
+        except (ValidationError, TypeError) as e:
+            loss_variants.drop(name, f"its PRESET is not a valid variant: {_one_line(e)}")
+    return presets
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'PRESET'}: {err['msg']}" for err in e.errors())
+    return " ".join(str(e).split())
+
+
 #: every variant module's preset (vidgan/loss_variants/<name>.py: PRESET), the paper's first
-PRESETS: dict[str, Variant] = {
-    name: Variant.model_validate(fields) for name, fields in loss_variants.preset_fields().items()
-}
+PRESETS: dict[str, Variant] = _presets()
 
 PAPER_VARIANTS = ("gp", "sn_gp", "sn", "zero_gp", "one_sided", "drift")
 

@@ -94,6 +94,26 @@ def decode_source(src: SourceFile, cfg: IngestConfig) -> Decoded:
     except MemoryError:
         out.clips, out.starts = None, []
         out.error = "out of memory while decoding (lower --max-frames / --max-pixels)"
+    except Exception as e:  # noqa: BLE001 - a decoder (a plug-in's) that raises costs its source only
+        detail = " ".join(str(e).split())[:200]
+        out.error = f"the {src.kind} decoder ({kind.__name__}) failed: {type(e).__name__}: {detail}"
+    if not out.error:
+        out.error = _bad_output(out, cfg, kind.__name__)
     if out.error:
         out.clips, out.starts = None, []
     return out
+
+
+def _bad_output(out: Decoded, cfg: IngestConfig, decoder: str) -> str | None:
+    """Why what a decoder left in ``out`` is not clips (uint8 [N, frames, size, size, 3] with N start frames), or
+    None: a decoder that returns garbage costs its source only, never the shards."""
+    clips, want = out.clips, (cfg.frames, cfg.size, cfg.size, 3)
+    if clips is None:
+        return None  # no clips and no reason: recorded as "no clips"
+    if not isinstance(clips, np.ndarray) or clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1:] != want:
+        got = f"{clips.dtype} {list(clips.shape)}" if isinstance(clips, np.ndarray) else type(clips).__name__
+        shape = ", ".join(map(str, want))
+        return f"the {out.source.kind} decoder ({decoder}) returned {got}, not uint8 clips [N, {shape}]"
+    if not isinstance(out.starts, list | tuple) or len(out.starts) != len(clips):
+        return f"the {out.source.kind} decoder ({decoder}) returned {len(clips)} clips but not as many start frames"
+    return None

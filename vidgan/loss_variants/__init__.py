@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from vidgan.plugins import PluginError, discover
+from vidgan.plugins import PluginError, discover, origin, skip
 
 if TYPE_CHECKING:
     import torch
@@ -64,19 +64,42 @@ def real_samples(real: torch.Tensor, fake: torch.Tensor, generator: torch.Genera
 RegistryError = PluginError
 
 
+def _lacks(module: ModuleType) -> str | None:
+    """What a variant module lacks (no ``PRESET`` dict, a ``PENALTY`` that is not a GradientPenalty), or None."""
+    if not isinstance(getattr(module, "PRESET", None), dict):
+        return "has no PRESET dict"
+    penalty = getattr(module, "PENALTY", None)
+    if penalty is not None and not isinstance(penalty, GradientPenalty):
+        return "has a PENALTY that is not a GradientPenalty"
+    return None
+
+
 @functools.cache
 def registry() -> dict[str, ModuleType]:
     """Every variant module by variant name: this folder's, then those of the ``vidgan.variants`` entry points;
-    ordered by ``ORDER``, then name. RegistryError for a name twice, a module without ``PRESET``, or a
-    ``PENALTY`` that is not a GradientPenalty."""
-    modules = discover(sys.modules[__name__], ENTRY_POINT_GROUP, what="variant")
-    for module in modules.values():
-        if not isinstance(getattr(module, "PRESET", None), dict):
-            raise RegistryError(f"variant module {module.__name__} has no PRESET dict")
+    ordered by ``ORDER``, then name. RegistryError for a built-in module without ``PRESET`` or with a ``PENALTY``
+    that is not a GradientPenalty; a plug-in with either, one that takes a taken name or defines a penalty kind
+    already defined is left out with a warning (:mod:`vidgan.plugins`)."""
+    modules = discover(sys.modules[__name__], ENTRY_POINT_GROUP, what="variant", check=_lacks)
+    kinds = {m.PENALTY.name for m in modules.values() if origin(m) is None and getattr(m, "PENALTY", None)}
+    for name, module in list(modules.items()):
         penalty = getattr(module, "PENALTY", None)
-        if penalty is not None and not isinstance(penalty, GradientPenalty):
-            raise RegistryError(f"variant module {module.__name__}: PENALTY is not a GradientPenalty")
+        if origin(module) is not None and penalty is not None:
+            if penalty.name in kinds or penalty.name == NO_PENALTY:
+                del modules[name]
+                skip(module, "variant", f"defines the penalty kind {penalty.name!r}, which is already defined")
+            else:
+                kinds.add(penalty.name)
     return dict(sorted(modules.items(), key=lambda kv: (getattr(kv[1], "ORDER", 100), kv[0])))
+
+
+def drop(name: str, why: str) -> None:
+    """Leave the plug-in variant ``name`` out of the registry (with one warning saying ``why``): its preset is not a
+    valid variant (:mod:`vidgan.variants`). A built-in one raises RegistryError instead."""
+    module = registry()[name]
+    skip(module, "variant", why)
+    del registry()[name]  # the cached dict itself: every later call sees it without the plug-in
+    penalties.cache_clear()  # and its penalty kind, if it had one, is gone too
 
 
 @functools.cache

@@ -20,26 +20,36 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from vidgan.plugins import PluginError, discover
+from vidgan.plugins import discover, skip
 
 #: the entry-point group through which other packages add source kinds (name = kind, value = module)
 ENTRY_POINT_GROUP = "vidgan.ingest_sources"
 
 
+def _lacks(module: ModuleType) -> str | None:
+    """What a source kind module lacks (``EXTENSIONS`` as a set of suffixes, a callable ``decode``), or None."""
+    exts = getattr(module, "EXTENSIONS", None)
+    if not isinstance(exts, frozenset | set) or not all(isinstance(e, str) for e in exts):
+        return "needs EXTENSIONS (a set of suffixes such as '.mp4')"
+    if not callable(getattr(module, "decode", None)):
+        return "needs a decode(src, cfg, out) function"
+    return None
+
+
 @functools.cache
 def registry() -> dict[str, ModuleType]:
-    """Every source kind module by name. PluginError for a name twice, a module without EXTENSIONS or decode,
-    or an extension two kinds claim."""
-    kinds = discover(sys.modules[__name__], ENTRY_POINT_GROUP, what="source kind")
+    """Every source kind module by name. PluginError for a built-in module without EXTENSIONS or decode, or an
+    extension two built-in kinds claim; a plug-in with either problem, or one that claims an extension a kind
+    already decodes, is left out with a warning (:mod:`vidgan.plugins`)."""
+    kinds = discover(sys.modules[__name__], ENTRY_POINT_GROUP, what="source kind", check=_lacks)
     owner: dict[str, str] = {}
-    for name, module in kinds.items():
-        if not isinstance(getattr(module, "EXTENSIONS", None), frozenset | set) or not callable(
-                getattr(module, "decode", None)):
-            raise PluginError(f"source kind module {module.__name__} needs EXTENSIONS (a set) and decode()")
-        for ext in module.EXTENSIONS:
-            if ext in owner:
-                raise PluginError(f"extension {ext} is claimed by source kinds {owner[ext]!r} and {name!r}")
-            owner[ext] = name
+    for name, module in list(kinds.items()):
+        taken = sorted(ext for ext in module.EXTENSIONS if ext in owner)
+        if taken:
+            del kinds[name]
+            skip(module, "source kind", f"claims {', '.join(taken)}, which source kind {owner[taken[0]]!r} decodes")
+            continue
+        owner.update(dict.fromkeys(module.EXTENSIONS, name))
     return kinds
 
 
