@@ -288,3 +288,16 @@ def test_written_files_follow_the_umask_and_keep_the_mode_they_replace(tmp_path:
     assert fresh.stat().st_mode & 0o777 == 0o644
     assert private.stat().st_mode & 0o777 == 0o600 and private.read_bytes() == b"new"
     assert grouped.stat().st_mode & 0o777 == 0o660
+
+
+def test_early_stopping_counts_no_failed_trial_as_saved() -> None:
+    """#30 item 12: "early stopping saved 83%" counted a failed trial's missing iterations as saved; only trials that
+    completed or that the scheduler stopped count."""
+    from tune_jobs.report import TrialRow, iterations_saved
+
+    def row(status: str, iterations: int) -> TrialRow:
+        return TrialRow(trial_id=status, variant="gp", dataset="d", seed=0, status=status, iterations=iterations)
+
+    assert iterations_saved([row("completed", 100), row("failed", 10), row("diverged", 0)], 100) == 0.0
+    assert iterations_saved([row("completed", 100), row("stopped_by_asha", 25), row("failed", 5)], 100) == 0.375
+    assert iterations_saved([row("failed", 5)], 100) == 0.0

@@ -279,10 +279,13 @@ def variants_csv(variants: list[VariantRow]) -> str:
 
 
 def iterations_saved(rows: list[TrialRow], max_t: int) -> float:
-    """Fraction of generator iterations early stopping saved against running every trial to max_t."""
-    if not rows:
+    """Fraction of generator iterations early stopping saved against running to max_t every trial that completed
+    or that the scheduler stopped. A failed, diverged or unfinished trial is left out: the iterations it lacks were
+    not saved by early stopping."""
+    counted = [r for r in rows if r.status in ("completed", "stopped_by_asha")]
+    if not counted or max_t <= 0:
         return 0.0
-    return 1.0 - sum(min(r.iterations, max_t) for r in rows) / (len(rows) * max_t)
+    return 1.0 - sum(min(r.iterations, max_t) for r in counted) / (len(counted) * max_t)
 
 
 def curves(rows: list[TrialRow]) -> dict[str, list[tuple[int, float]]]:
