@@ -116,6 +116,35 @@ def test_a_checkpoint_whose_lock_file_was_removed_is_not_replaced_by_its_first_w
             first.wait()
 
 
+def test_a_folder_moved_away_while_claimed_is_not_written_through_its_old_name(tmp_path: Path) -> None:
+    """#30 item 2: `mv ds ds.old; mkdir ds` while an ingest holds ds: its next write under the name ds stops with
+    one line (the new ds is not claimed), nothing is written into it."""
+    out = tmp_path / "ds"
+    with writer_lock(out, folder=True):
+        out.rename(tmp_path / "ds.old")
+        out.mkdir()
+        with pytest.raises(OSError, match="moved away"):  # vidgan.files.ClaimLost
+            atomic_write_bytes(out / "manifest.json", b"{}")
+    assert list(out.iterdir()) == []
+
+
+def test_where_a_folder_cannot_be_locked_a_removed_lock_file_stops_the_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#30 item 2 where flock on a folder fails (NFS): the lock file alone claims the folder, so once it is removed
+    the holder's next write stops with one line naming it instead of racing a second writer."""
+    from vidgan import files
+
+    monkeypatch.setattr(files, "_lock_folder", lambda *args: None)
+    out = tmp_path / "ds"
+    with writer_lock(out, folder=True) as lock:
+        atomic_write_bytes(out / "manifest.json", b"1")
+        lock.unlink()
+        with pytest.raises(files.ClaimLost, match="removed or replaced") as caught:
+            atomic_write_bytes(out / "manifest.json", b"2")
+        assert str(lock) in str(caught.value) and "\n" not in str(caught.value)
+    assert (out / "manifest.json").read_bytes() == b"1"
+
+
 # ------------------------------------------------------------------------------------------ item 3: bad spool lines
 
 BAD_LINES = [b"42", b"[1, 2]", b'"a string"', b"\xff\xfe not utf-8", b'{"op": "batch", "tags": {}}',

@@ -195,7 +195,10 @@ def _lock_folder(target: Path, path: Path, advice: str) -> int | None:
     """An ``flock`` on the claimed folder itself, which no removal of its lock file can undo; None where the
     filesystem cannot lock a folder (the lock file alone then claims it, checked before each write)."""
     while True:
-        dfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            dfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # a folder this user may write but not list: its lock file alone claims it
+            return None
         try:
             fcntl.flock(dfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
