@@ -89,10 +89,13 @@ def test_trial_run_metrics_images_inputs_and_restart(data: Path, store: Path, tm
         logger.report(_result(step, fvd), evaluations, _samples(step), tmp_path)
     import time
 
-    time.sleep(0.6)  # a few samples of the system metrics monitor
+    client = MlflowClient(ctx.tracking_uri)
+    deadline = time.monotonic() + 600  # only a hang reaches it: the wait ends at the monitor's first sample in MLflow
+    while not any(k.startswith("system/cpu") for k in client.get_run(logger.run_id).data.metrics):
+        assert time.monotonic() < deadline, "the system metrics monitor logged nothing"
+        time.sleep(0.1)
     logger.finish()
 
-    client = MlflowClient(ctx.tracking_uri)
     run = client.get_run(logger.run_id)
     history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
                for k in ("best_fvd", "best_fvd_iteration", "fvd", "loss/critic")}
