@@ -1,8 +1,10 @@
-"""A tracking outage of twice MLflow's retry budget in the middle of a sweep, against a real ``mlflow server``
-process (SQLite store) reached through a cable the test unplugs and plugs back (tests/mlflow_server.py), on a
-real local Ray (2 CPUs) with two trials: no trial fails or stalls, the sweep log says once that MLflow went away
-and once that it is back, and afterwards every trial's run holds exactly what its trial computed (each step
-once, the values Tune received: what an undisturbed run logs, without running the sweep twice).
+"""A tracking outage in the middle of a sweep, against a real ``mlflow server`` process (SQLite store) reached
+through a cable the test unplugs and plugs back (tests/mlflow_server.py), on a real local Ray (2 CPUs) with two
+trials. The outage lasts at least twice MLflow's retry budget and until each trial has made a whole evaluation
+while the store is down (watched in Tune's progress files, not guessed from a number of seconds): no trial fails
+or stalls, the sweep log says once that MLflow went away and once that it is back, and afterwards every trial's
+run holds exactly what its trial computed (each step once, the values Tune received: what an undisturbed run
+logs, without running the sweep twice).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from tune_jobs.sweep import run_sweep
 pytestmark = pytest.mark.slow
 
 #: MLflow's own retry budget in this module: 3 retries, back-off factor 1 s, no jitter: 0 + 2 + 4 = 6 s per request
-#: (urllib3's Retry.get_backoff_time); the outage lasts twice that, 12 s, while the trials train on
+#: (urllib3's Retry.get_backoff_time); the outage lasts at least twice that, 12 s, while the trials train on
 BUDGET_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
 BUDGET_S = 6.0
+#: a deadline only a real hang reaches (a wait ends at its event, never at this)
+HANG_S = 900
+MAX_T = 12
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +100,7 @@ def _spec(root: Path, uri: str, name: str, **changes) -> dict:
         "train": {"batch_size": 4, "n_critic": 2},
         "variants": ["gp", "sn"],
         "eval": {"every": 2, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 4},
-        "scheduler": {"type": "fifo", "max_t": 12, "grace_period": 2},
+        "scheduler": {"type": "fifo", "max_t": MAX_T, "grace_period": 2},
         "resources": {"cpu": 1, "data_cpu": 0, "threads": 1},
         "max_failures": 2,
         "mlflow": {"tracking_uri": uri, "experiment": "faults"},
@@ -144,28 +149,79 @@ def _mlflow_equals_tune(uri: str, outcome, results_by_trial: dict) -> None:
         assert {f"samples/samples_{int(i):07d}.gif" for i in df["iteration"]} <= videos
 
 
+def _progress(results: Path) -> dict[str, list[dict[str, str]]]:
+    """Each started trial's results so far as Tune wrote them (its progress.csv), read while the sweep runs: trial
+    folder -> rows (a last line Tune is still writing is left out)."""
+    import csv
+
+    out = {}
+    for path in results.glob("train_trial_*/progress.csv"):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]
+        out[path.parent.name] = list(csv.DictReader(lines))
+    return out
+
+
+def _evaluated_while_down(rows: list, down: float, up: float = float("inf")) -> int:
+    """How many whole evaluations of a trial happened while MLflow was down: results whose previous result was
+    already reported after ``down`` (the trial logs an evaluation, then reports it: the logging of such a result
+    came after the outage began) and which were reported before ``up``. Tune's timestamps are whole seconds
+    (int(time.time()) at the report): ``t > down`` means reported after ``down``, and a result seen before the
+    store came back has ``t <= up``."""
+    stamps = [int(r["timestamp"]) for r in rows]
+    return sum(prev > down and t <= up for prev, t in zip(stamps, stamps[1:], strict=False))
+
+
 def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Cable, budget: float,
                                                            caplog) -> None:
     spec = parse_spec(_spec(data, server.uri, "outage"))
-    outage_s = 2 * budget
+    results = data / "results" / "outage"
     seen: dict[str, float] = {}
+    sweep_over = threading.Event()
 
-    def outage() -> None:  # once a trial has logged its second evaluation: MLflow away for 2x its retry budget
-        deadline = time.monotonic() + 300
-        while _fvd_steps(server.uri) < 2 and time.monotonic() < deadline:
+    def outage() -> None:
+        """Once a trial's first evaluation has reached MLflow, MLflow goes away until each of the two trials has
+        made a whole evaluation while it is down, and for twice its retry budget at least; then it comes back.
+        It comes back early only when a trial has reached its last iteration (the sweep's end must find MLflow up)
+        or at a hang's deadline: the assertions below then fail."""
+        deadline = time.monotonic() + HANG_S
+        while _fvd_steps(server.uri) < 1:
+            if sweep_over.is_set() or time.monotonic() > deadline:
+                return
             time.sleep(0.5)
         seen["down"] = time.time()
+        down_at = time.monotonic()
         server.unplug()
-        time.sleep(outage_s)
-        server.plug()
-        seen["up"] = time.time()
+        try:
+            while True:
+                progress = _progress(results)
+                each = len(progress) == 2 and all(_evaluated_while_down(rows, seen["down"]) >= 1
+                                                  for rows in progress.values())
+                if each and time.monotonic() - down_at >= 2 * budget:
+                    break
+                ended = any(rows and int(rows[-1]["iteration"]) >= MAX_T for rows in progress.values())
+                if ended or sweep_over.is_set() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        finally:
+            server.plug()
+            seen["up"] = time.time()
 
     killer = threading.Thread(target=outage, daemon=True)
     killer.start()
     with caplog.at_level(logging.WARNING, logger="tune_jobs.sweep"):
-        outcome = run_sweep(spec, name="outage", verbose=0)
-    killer.join(timeout=120)
+        try:
+            outcome = run_sweep(spec, name="outage", verbose=0)
+        finally:
+            sweep_over.set()
+    killer.join(timeout=HANG_S)
     assert "up" in seen, "the outage never happened"
+    assert seen["up"] - seen["down"] >= 2 * budget
     assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
     assert all(r.restarts == 0 for r in outcome.rows)  # no trial failed
 
@@ -174,17 +230,18 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
     import pandas as pd
 
     frames = {}  # each trial's results as Tune saved them (progress.csv): trial id -> rows
-    for folder in (data / "results" / "outage").glob("train_trial_*"):
+    for folder in results.glob("train_trial_*"):
         parts = folder.name.split("_")
         frames[f"{parts[2]}_{parts[3]}"] = pd.read_csv(folder / "progress.csv")
     assert len(frames) == 2
-    during = 0
     for df in frames.values():
         gaps = df["time_this_iter_s"].tolist()[1:]  # the first one holds the trial's start
         median = sorted(gaps)[len(gaps) // 2]
         assert max(gaps) <= 2 * median + 5, (gaps, "a trial stalled")
-        during += sum(seen["down"] <= t <= seen["up"] for t in df["timestamp"])
-    assert during >= 1, "no evaluation happened while MLflow was down"
+    during = {folder: _evaluated_while_down(rows, seen["down"], seen["up"]) for folder, rows in
+              _progress(results).items()}
+    assert len(during) == 2 and min(during.values()) >= 1, ("a trial made no evaluation while MLflow was down",
+                                                            during)
 
     _mlflow_equals_tune(server.uri, outcome, frames)
     lines = [r.getMessage() for r in caplog.records if r.name == "tune_jobs.sweep"]
