@@ -20,13 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 HANG_S = 120
 
 
-def vidgan(*argv: object, env: dict[str, str] | None = None, cwd: Path | None = None,
-           timeout: float = HANG_S) -> subprocess.CompletedProcess:
-    """``vidgan ARGV`` in a fresh process (``python -m tune_jobs.main``), with ``env`` added to the environment."""
+def vidgan(*argv: object, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = HANG_S,
+           memory_gib: float | None = None) -> subprocess.CompletedProcess:
+    """``vidgan ARGV`` in a fresh process (``python -m tune_jobs.main``), with ``env`` added to the environment;
+    ``memory_gib`` caps its address space (``ulimit -v``: what vidgan.budget takes as the memory there is)."""
     path = os.pathsep.join(p for p in (str(ROOT), (env or {}).get("PYTHONPATH", "")) if p)
     full = {**os.environ, **(env or {}), "PYTHONPATH": path}
+    cap = None
+    if memory_gib is not None:
+        import resource
+
+        limit = int(memory_gib * 2**30)
+
+        def cap() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     return subprocess.run([sys.executable, "-m", "tune_jobs.main", *map(str, argv)], capture_output=True, text=True,
-                          env=full, cwd=cwd, timeout=timeout)
+                          env=full, cwd=cwd, timeout=timeout, preexec_fn=cap)
 
 
 def one_line(r: subprocess.CompletedProcess, *words: str, progress: str | None = None) -> str:
@@ -332,3 +342,59 @@ def test_broken_source_kinds_and_decoders_cost_their_own_sources(made: tuple[Pat
     assert sources["a.boom"]["status"] == "skipped" and "ValueError: cannot read" in sources["a.boom"]["reason"]
     assert sources["b.junk"]["status"] == "skipped" and "float64 [1, 2, 3]" in sources["b.junk"]["reason"]
     assert "skipped a.boom:" in r.stderr and "skipped b.junk:" in r.stderr
+
+
+# ------------------------------------------------------------------------------ 6: the FVD evaluation's memory
+
+
+def small_checkpoint(path: Path) -> Path:
+    from vidgan.config import ModelConfig, TrainConfig
+    from vidgan.trainer import Trainer
+    from vidgan.variants import get_variant
+
+    Trainer(ModelConfig(frames=16, size=32, width=4), get_variant("gp"), TrainConfig(batch_size=2, n_critic=1),
+            device="cpu").save(path)
+    return path
+
+
+def test_check_counts_the_memory_of_the_evaluation(made: tuple[Path, Path], tmp_path: Path) -> None:
+    """#30 item 6: `eval.n_fake=512 eval.batch_size=512` passed `--check`, and that evaluation peaks at ~25 GiB
+    (the I3D scoring 512 clips at once); it is refused in one line with the estimate. Each process is capped at
+    6 GiB, the memory vidgan.budget then takes as the machine's; the spec's own eval batch (2) still passes."""
+    spec = tiny_spec(tmp_path, made[1])
+    ok = vidgan("sweep", spec, "--check", memory_gib=6)
+    assert ok.returncode == 0 and "GiB to evaluate at eval batch 2 (estimates)" in ok.stdout, ok.stderr
+    line = one_line(vidgan("sweep", spec, "eval.n_fake=512", "eval.batch_size=512", "--check", memory_gib=6),
+                    "sweep p30: the trials' FVD evaluation would not fit", "scoring 512 clips of 9 frames at once",
+                    "lower eval.batch_size")
+    assert "GiB (I3D 25." in line, line  # 25.0 GiB at 9 frames: the probe saw ~25 GiB
+
+
+def test_fvd_checks_the_batch_it_scores_not_one_clip(made: tuple[Path, Path], tmp_path: Path) -> None:
+    """#30 item 6: `vidgan fvd --batch-size B` checked the generator at batch 1 and none of the I3D's memory, and
+    failed minutes later with PyTorch's allocator message; now scoring 128 clips of 16 frames at once (~10 GiB) is
+    refused up front in one line with the estimate, from a checkpoint or from fake shards (capped at 6 GiB)."""
+    shards = made[1]
+    ckpt = small_checkpoint(tmp_path / "c.pt")
+    common = ["--n", 128, "--batch-size", 128, "--frames", 16]
+    line = one_line(vidgan("fvd", "--real", shards, "--checkpoint", ckpt, *common, memory_gib=6),
+                    f"the FVD evaluation of checkpoint {ckpt} would not fit", "scoring 128 clips of 16 frames at once",
+                    "I3D 10.", "lower --batch-size")
+    assert "refused before allocating" in line
+    one_line(vidgan("fvd", "--real", shards, "--fake", shards, *common, memory_gib=6), "would not fit",
+             "scoring 128 clips of 16 frames at once", "lower --batch-size")
+
+
+def test_the_evaluation_estimate_grows_with_the_batch_and_the_frames() -> None:
+    """The I3D's part is linear in the clips scored at once (a batch of 8 clips of 16 frames: ~650 MiB, measured
+    641 MiB as the rise of a CPU process's peak RSS), and the generator's part adds its clips."""
+    from vidgan import budget
+    from vidgan.config import ModelConfig
+
+    model = ModelConfig(frames=16, size=32, width=4)
+    one, eight = (budget.evaluation_bytes(model, b, 16) for b in (1, 8))
+    weights = budget.i3d_bytes(1, 16, 32)[0]
+    assert 7.5 < (eight["i3d"] - weights) / (one["i3d"] - weights) < 8.5
+    assert 600 < (eight["i3d"] - weights) / 2**20 < 700
+    assert budget.evaluation_bytes(model, 8, 9)["i3d"] < eight["i3d"]
+    assert eight["generator"] > one["generator"] > 0 and budget.evaluation_bytes(None, 8, 16, 32)["generator"] == 0

@@ -88,9 +88,11 @@ def _model_line(spec: SweepSpec, address: str | None) -> str:
     fit one trial's device. Checked here for a local sweep (a cluster's nodes are not known before it starts)."""
     from vidgan import budget
 
-    m, batch = spec.model, spec.train.batch_size
+    m, batch, ev = spec.model, spec.train.batch_size, spec.eval
     fp = budget.footprint(m)
     need = fp.training_bytes(batch)
+    eval_batch = min(ev.batch_size, ev.n_fake)  # clips generated and scored at once (vidgan.fvd.evaluator)
+    evaluation = budget.evaluation_bytes(m, eval_batch, ev.frames, held=fp.state_bytes())["total"]
     if address is None:
         import torch
 
@@ -98,10 +100,12 @@ def _model_line(spec: SweepSpec, address: str | None) -> str:
         device = "cuda" if gpu != 0 and torch.cuda.is_available() else "cpu"
         try:
             budget.check_fits(m, batch, device, "training", f"sweep {spec.name}: model")
+            budget.check_evaluation(m, eval_batch, ev.frames, device, f"sweep {spec.name}: the trials' FVD evaluation",
+                                    held=fp.state_bytes(), advice="lower eval.batch_size")
         except budget.ModelTooLarge as exc:
             raise SpecError(str(exc)) from None
-    return (f"model: {budget.describe(fp)}, about {need / budget.GIB:.2f} GiB per trial to train at batch {batch} "
-            "(estimate)")
+    return (f"model: {budget.describe(fp)}, about {need / budget.GIB:.2f} GiB per trial to train at batch {batch}, "
+            f"{evaluation / budget.GIB:.2f} GiB to evaluate at eval batch {eval_batch} (estimates)")
 
 
 def _tracking(spec: SweepSpec) -> str:

@@ -14,7 +14,11 @@ The estimate follows :mod:`vidgan.models` as it changes, without building the mo
 - training at batch B: float32 weights, gradients and two Adam moments of both networks, the generator's moving
   average, and B x (4 critic passes: real and fake, then the gradient penalty's pass and its double backward,
   + 1 generator pass) of activations;
-- sampling (FVD) at batch B: the generator's weights and B x its activations.
+- sampling at batch B: the generator's weights and B x its activations;
+- the FVD evaluation at batch B (:func:`evaluation_bytes`): the weights of the generator and of the I3D, and the
+  larger of the generator's activations and, while the I3D scores the batch, the generated clips plus the I3D's
+  peak: the tensors alive at once in one feature extraction (resize to 224 included), simulated on the ``meta``
+  device and scaled by :data:`I3D_ALLOCATOR_OVERHEAD`; a trial also holds its training state meanwhile.
 
 It is an estimate (within a factor of about two of the peak); a model is refused only when the estimate exceeds the
 memory there is at all (the GPU's, or the machine's, its container's limit or the process's ``ulimit -v``), never
@@ -23,10 +27,12 @@ because other processes use some of it now.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +45,11 @@ FLOAT_BYTES = 4
 TRAIN_BYTES_PER_PARAM = 4 * FLOAT_BYTES
 #: critic passes held per clip at once while training (see the module docstring)
 CRITIC_PASSES = 4
+#: the measured peak of an I3D feature extraction over the simulated one (tensors alive at once): the CPU
+#: allocator's caching and oneDNN's convolution workspaces. Measured as the rise of the process's peak RSS
+#: (VmHWM) in one extraction of 9-frame clips on a CPU: batch 8 402 MiB and batch 16 787 MiB, where the
+#: simulation says 320 and 640 MiB (1.26x and 1.23x).
+I3D_ALLOCATOR_OVERHEAD = 1.25
 
 
 class ModelTooLarge(ValueError):
@@ -62,6 +73,11 @@ class Footprint:
 
     def sampling_bytes(self, batch_size: int) -> int:
         return (self.generator_params + batch_size * self.generator_activations) * FLOAT_BYTES
+
+    def state_bytes(self) -> int:
+        """What a trial holds between its steps: weights, gradients and Adam moments of both networks, and the
+        generator's moving average (what an evaluation in a trial comes on top of)."""
+        return self.training_bytes(0)
 
 
 def _leaf_outputs(module: torch.nn.Module, x: torch.Tensor) -> int:
@@ -121,6 +137,10 @@ def _activations(model: ModelConfig, width: int) -> tuple[int, int]:
     return g // n, c // n
 
 
+#: footprints measured in this process, by model config (JSON): each costs two small forward passes
+_FOOTPRINTS: dict[str, Footprint] = {}
+
+
 def footprint(model: ModelConfig) -> Footprint:
     """Parameters and activations of ``model`` without building it: parameters counted exactly on networks built on
     the ``meta`` device (no memory, no initialisation); activations measured in real forward passes at widths 1 and
@@ -130,12 +150,100 @@ def footprint(model: ModelConfig) -> Footprint:
 
     from vidgan.models import Critic, Generator
 
+    key = model.model_dump_json()
+    if key in _FOOTPRINTS:
+        return _FOOTPRINTS[key]
     with torch.device("meta"), _skip_init():
         gen, critic = Generator(model), Critic(model)
     (g1, c1), (g2, c2) = _activations(model, 1), _activations(model, 2)
     w = model.width
-    return Footprint(sum(p.numel() for p in gen.parameters()), sum(p.numel() for p in critic.parameters()),
-                     g1 + (w - 1) * (g2 - g1), c1 + (w - 1) * (c2 - c1))
+    fp = Footprint(sum(p.numel() for p in gen.parameters()), sum(p.numel() for p in critic.parameters()),
+                   g1 + (w - 1) * (g2 - g1), c1 + (w - 1) * (c2 - c1))
+    _FOOTPRINTS[key] = fp
+    return fp
+
+
+def _live_bytes() -> Any:
+    """A torch dispatch mode whose ``peak`` is the most bytes of tensors alive at once while it is on: each new
+    tensor an operation returns counts its storage's bytes until it is freed; views and in-place results add none."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _freed(self, n: int) -> None:
+            self.live -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+            out = func(*args, **(kwargs or {}))
+            given = {id(a) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and id(t) not in given and not t._is_view():
+                    n = t.untyped_storage().nbytes()
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._freed, n)
+            return out
+
+    return LiveBytes()
+
+
+@functools.cache
+def i3d_bytes(batch_size: int, frames: int, size: int) -> tuple[int, int]:
+    """(weights, peak) bytes of the FVD's I3D scoring ``batch_size`` float clips of ``frames`` x ``size`` x ``size``:
+    its weights, and the tensors alive at once in one feature extraction (the resize to 224 included), simulated on
+    the ``meta`` device (shapes only, no memory) and scaled by :data:`I3D_ALLOCATOR_OVERHEAD`."""
+    import torch
+
+    from vidgan.fvd.i3d import I3D
+
+    with torch.device("meta"), _skip_init():
+        model = I3D()
+    weights = sum(p.numel() for p in model.parameters()) * FLOAT_BYTES
+    mode = _live_bytes()
+    with torch.inference_mode(), mode:
+        model.features(torch.zeros(batch_size, 3, frames, size, size, device="meta"))
+    return weights, int(mode.peak * I3D_ALLOCATOR_OVERHEAD)
+
+
+def evaluation_bytes(model: ModelConfig | None, batch_size: int, frames: int, size: int | None = None,
+                     held: int = 0) -> dict[str, int]:
+    """The memory of an FVD evaluation at ``batch_size`` (clips generated and scored at once) of ``frames`` frames,
+    by part: ``i3d`` (weights and the extraction's peak), ``generator`` (weights, and its output or activations),
+    ``held`` (what else stays meanwhile: a trial's training state) and ``total``. Without ``model`` (scoring clips
+    from shards, of side ``size``) the generator's part is 0."""
+    size = model.size if model is not None else size or 224
+    weights, peak = i3d_bytes(batch_size, frames, size)
+    gen = 0
+    if model is not None:  # the generator's activations, or its clips (alive while the I3D scores them)
+        fp = footprint(model)
+        activations = batch_size * fp.generator_activations * FLOAT_BYTES
+        video = batch_size * 3 * model.frames * model.size * model.size * FLOAT_BYTES
+        gen = fp.generator_params * FLOAT_BYTES + max(activations - peak, video)  # max(activations, video + peak)
+    return {"i3d": weights + peak, "generator": gen, "held": held, "total": weights + peak + gen + held}
+
+
+def check_evaluation(model: ModelConfig | None, batch_size: int, frames: int, device: torch.device | str = "cpu",
+                     subject: str = "the FVD evaluation", size: int | None = None, held: int = 0,
+                     advice: str = "lower its batch size") -> int:
+    """Refuse (:class:`ModelTooLarge`, nothing allocated) an FVD evaluation whose estimated memory
+    (:func:`evaluation_bytes`) exceeds :func:`memory_limit` of ``device``; return the estimate in bytes."""
+    parts = evaluation_bytes(model, batch_size, frames, size, held)
+    have, where = memory_limit(device)
+    if parts["total"] > have:
+        shown = [f"I3D {parts['i3d'] / GIB:.1f} GiB"]
+        shown += [f"generator {parts['generator'] / GIB:.1f} GiB"] if model is not None else []
+        shown += [f"the trial's training state {held / GIB:.1f} GiB"] if held >= GIB / 20 else []
+        raise ModelTooLarge(
+            f"{subject} would not fit: scoring {batch_size} clips of {frames} frames at once needs about "
+            f"{parts['total'] / GIB:.1f} GiB ({' + '.join(shown)}), more than {where}; {advice}; refused before "
+            "allocating any of it"
+        )
+    return parts["total"]
 
 
 def _proc_status_bytes(field: str) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidgan.budget import ModelTooLarge, check_fits
+from vidgan.budget import ModelTooLarge, check_evaluation, check_fits
 from vidgan.config import ModelConfig, TrainConfig
 from vidgan.ema import GeneratorEMA
 from vidgan.files import atomic_write
@@ -449,14 +449,20 @@ def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, Variant
 
 
 def load_generator(
-    path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True
+    path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True, batch_size: int = 1,
+    eval_frames: int | None = None,
 ) -> tuple[Generator, ModelConfig]:
     """The generator of a checkpoint (for sampling and FVD), with its model config: its moving average
-    (``generator_ema``) when it has one and ``ema``, else the raw weights."""
+    (``generator_ema``) when it has one and ``ema``, else the raw weights. Refused before it is built when sampling
+    ``batch_size`` clips at once, or with ``eval_frames`` the FVD evaluation of that many frames at that batch
+    (:func:`vidgan.budget.check_evaluation`), would not fit ``device``."""
     state = read_checkpoint(path)
     with _unfit(path):
         model, _, _ = configs_from_checkpoint(state)
-        check_fits(model, 1, device, "sampling", f"checkpoint {path}")  # before allocating (vidgan.budget)
+        check_fits(model, batch_size, device, "sampling", f"checkpoint {path}")  # before allocating (budget)
+        if eval_frames is not None:  # and the I3D scoring its clips
+            check_evaluation(model, batch_size, eval_frames, device, f"the FVD evaluation of checkpoint {path}",
+                             advice="lower --batch-size")
         gen = Generator(model)
         gen.load_state_dict(state["generator_ema" if ema and "generator_ema" in state else "generator"])
     return gen.to(device).eval(), model

@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _run(args)
-    except (ValueError, OSError, RuntimeError, pa.ArrowException) as e:  # ManifestError, CheckpointError, ...
+    except (ValueError, OSError, RuntimeError, MemoryError, pa.ArrowException) as e:  # ManifestError, ...
+        if isinstance(e, MemoryError) or any(s in str(e) for s in ("out of memory", "can't allocate memory")):
+            return fail("fvd", f"out of memory scoring {min(args.batch_size, args.n)} clips at once (more than the "
+                               "memory free now: other processes hold some of it); lower --batch-size")
         return fail("fvd", e)
 
 
@@ -64,11 +67,16 @@ def _run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     real_uri = args.stats or args.real
-    # the cheap refusals first: a bad checkpoint or damaged fake shards before any I3D work
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError(f"--n and --batch-size must be at least 1, got {args.n} and {args.batch_size}")
+    batch = min(args.batch_size, args.n)  # clips scored at once (vidgan.fvd.features)
+    # the cheap refusals first: a bad checkpoint, an evaluation that cannot fit, damaged fake shards, before any I3D
     if args.checkpoint:
         from ..trainer import load_generator
 
-        generator, _ = load_generator(args.checkpoint, device=device)
+        generator, _ = load_generator(args.checkpoint, device=device, batch_size=batch, eval_frames=args.frames)
+    else:
+        _check_memory(real_uri, batch, args.frames, device)
     if args.fake:
         stats.check_request(shards.verified(args.fake), args.n, args.frames)
     with progress(total=args.n, desc="real I3D features", unit="clip") as bar:
@@ -106,6 +114,20 @@ def _run(args: argparse.Namespace) -> int:
             f"{result['kvd']:.5f} +- {result['kvd_stderr']:.5f}"
         )
     return 0
+
+
+def _check_memory(real_uri: str, batch: int, frames: int, device: str) -> None:
+    """Refuse (:class:`vidgan.budget.ModelTooLarge`, one line with the estimate) scoring ``batch`` clips at once
+    when the I3D's memory for them exceeds ``device``'s (:func:`vidgan.budget.check_evaluation`)."""
+    from .. import budget, shards
+    from ..files import redact_uri
+
+    try:
+        real = shards.describe(real_uri)
+    except (OSError, ValueError):  # no manifest: said in its own words when the features are read
+        return
+    budget.check_evaluation(None, batch, frames, device, f"scoring the clips of {redact_uri(real_uri)}",
+                            size=max(real.height, real.width), advice="lower --batch-size")
 
 
 def main(argv: list[str] | None = None) -> int:
