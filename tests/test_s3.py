@@ -111,3 +111,32 @@ def test_a_lease_left_by_a_dead_process_of_this_host_is_taken_over(s3_bucket, s3
 def test_probe_refuses_a_missing_bucket_in_one_line(s3_server):
     with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket-vg' does not exist"):
         storage.probe_writable("s3://no-such-bucket-vg/results", "storage_path")
+
+
+def test_train_resume_and_fvd_checkpoints_on_s3(s3_bucket, tmp_path, cache, monkeypatch, capsys):
+    from vidgan.cli import main
+    from vidgan.trainer import load_generator, read_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    data = f"{s3_bucket}/sq"
+    ingest([], data, IngestConfig(frames=16, size=32, synthetic=SyntheticSpec(kind="squares", clips=8, seed=0),
+                                  parallel="local"))
+    ckpt = f"{s3_bucket}/runs/c.pt"
+    args = ["train", "--data", data, "--width", "4", "--batch-size", "2", "--checkpoint", ckpt, "--device", "cpu"]
+    assert main([*args, "--iterations", "1"]) == 0
+    assert read_checkpoint(ckpt)["counters"]["iteration"] == 1
+    capsys.readouterr()
+    assert main([*args, "--iterations", "2"]) == 2  # exists: refused, not silently a new run
+    assert f"checkpoint {ckpt} exists: pass --resume" in capsys.readouterr().err
+    assert main([*args, "--iterations", "2", "--resume"]) == 0
+    assert read_checkpoint(ckpt)["counters"]["iteration"] == 2  # resumed from the bucket, not a new run
+    generator, model = load_generator(ckpt)
+    assert model.width == 4 and model.frames == 16
+    assert "runs/.c.pt.vidgan-lock" not in keys(s3_bucket) and not [k for k in keys(s3_bucket) if "vidgan-tmp" in k]
+    no_local_s3_folder(tmp_path)
+    capsys.readouterr()
+    assert main(["fvd", "--real", data, "--checkpoint", f"{s3_bucket}/runs/none.pt", "--n", "4"]) == 2
+    assert f"checkpoint {s3_bucket}/runs/none.pt does not exist" in capsys.readouterr().err
+    assert main([*args[:-4], "--checkpoint", "s3://no-such-bucket-vg/c.pt", "--iterations", "1"]) == 2
+    assert "bucket 'no-such-bucket-vg' does not exist" in capsys.readouterr().err
+    no_local_s3_folder(tmp_path)

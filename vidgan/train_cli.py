@@ -94,7 +94,7 @@ class Run:
     """How far a ``vidgan train`` got, for the line that ends it early (Ctrl-C, a failed save)."""
 
     def __init__(self) -> None:
-        self.checkpoint: Path | None = None
+        self.checkpoint: str | None = None  # a local path or a URI (vidgan.storage)
         self.trainer: Trainer | None = None
         self.saved: int | None = None  # iteration of the checkpoint file as it is now (None: not ours, or none)
 
@@ -102,18 +102,24 @@ class Run:
         return f" at iteration {self.trainer.iteration}" if self.trainer is not None else ""
 
     def kept(self) -> str:
-        ckpt = self.checkpoint
-        if ckpt is None:
+        from vidgan import storage
+
+        if self.checkpoint is None:
             return "no --checkpoint, nothing was kept"
-        if self.saved is not None and ckpt.is_file():
+        ckpt = storage.redact_uri(self.checkpoint)
+        try:
+            there = storage.is_file(self.checkpoint)
+        except OSError:
+            return f"checkpoint {ckpt} could not be looked at"
+        if self.saved is not None and there:
             return (f"checkpoint {ckpt} (iteration {self.saved}) is kept: the same command with --resume "
                     "continues from it")
-        if ckpt.is_file():
+        if there:
             return f"checkpoint {ckpt} is as it was before this run"
         return f"no checkpoint was written to {ckpt}"
 
 
-def _save(trainer: Trainer, ckpt: Path, run: Run) -> None:
+def _save(trainer: Trainer, ckpt: str, run: Run) -> None:
     """Save a checkpoint; a failure (a full disk) is one OSError saying what was kept and how to go on."""
     import errno
     import shutil
@@ -125,19 +131,21 @@ def _save(trainer: Trainer, ckpt: Path, run: Run) -> None:
     except ClaimLost:  # its lock file was removed and another writer may own ckpt now: its own line says so
         raise
     except (OSError, RuntimeError) as e:  # torch reports a failed write as "RuntimeError: ... unexpected pos"
+        from vidgan import storage
+
         need = sum(t.numel() * t.element_size() for t in _tensors(trainer.state_dict()))
         try:
-            free = shutil.disk_usage(ckpt.parent).free
+            free = None if storage.is_remote(ckpt) else shutil.disk_usage(Path(ckpt).parent).free
         except OSError:
             free = None
         full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < need)
         if full:
-            reason = (f"the disk is full ({(free or 0) / 2**20:.1f} MiB free in {ckpt.parent}, the checkpoint needs "
-                      f"about {need / 2**20:.1f} MiB)")
+            reason = (f"the disk is full ({(free or 0) / 2**20:.1f} MiB free in {Path(ckpt).parent}, the checkpoint "
+                      f"needs about {need / 2**20:.1f} MiB)")
         else:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise OSError(f"could not save checkpoint {ckpt} at iteration {trainer.iteration}: {reason}; "
-                      f"{run.kept()}") from None
+        raise OSError(f"could not save checkpoint {storage.redact_uri(ckpt)} at iteration {trainer.iteration}: "
+                      f"{reason}; {run.kept()}") from None
     run.saved = trainer.iteration
 
 
@@ -156,17 +164,19 @@ def _tensors(value: object) -> list:
 def _locked(args: argparse.Namespace, run: Run) -> int:
     """:func:`_run` holding the checkpoint's writer lock: one ``vidgan train`` per checkpoint at a time (a second
     one stops naming the first), and the temporary files of a save that a killed run left are removed."""
-    from vidgan.files import remove_stale_temps, writer_lock
+    from vidgan import storage
 
     if not args.checkpoint:
         return _run(args, run)
-    ckpt = run.checkpoint = Path(args.checkpoint)
+    ckpt = run.checkpoint = args.checkpoint
+    if storage.is_remote(ckpt):  # an unwritable scheme, a missing bucket or a denied write: one line, nothing written
+        storage.probe_writable(storage.parent_and_name(ckpt)[0], "--checkpoint")
     advice = "wait for it to finish (or stop it), or train into another --checkpoint"
-    with writer_lock(ckpt, command="vidgan train", advice=advice):
-        stale = remove_stale_temps(ckpt.parent, ckpt.name)
+    with storage.claim(ckpt, command="vidgan train", advice=advice):
+        stale = storage.remove_stale_temps(ckpt)
         if stale:
-            print(f"vidgan train: removed {len(stale)} temporary file(s) of an interrupted save of {ckpt}: "
-                  f"{', '.join(stale)}", file=sys.stderr)
+            print(f"vidgan train: removed {len(stale)} temporary file(s) of an interrupted save of "
+                  f"{storage.redact_uri(ckpt)}: {', '.join(stale)}", file=sys.stderr)
         return _run(args, run)
 
 
@@ -182,22 +192,24 @@ def resume_conflicts(args: argparse.Namespace, trainer: Trainer) -> list[str]:
 
 
 def _run(args: argparse.Namespace, run: Run) -> int:
+    from vidgan import storage
     from vidgan.config import ModelConfig, TrainConfig
     from vidgan.data import arrow_clip_batches, resume_seed
     from vidgan.errors import fail
     from vidgan.files import redact_uri
     from vidgan.shards import verified
 
-    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    ckpt: str | None = args.checkpoint or None
     if args.resume and ckpt is None:
         raise UsageError("--resume needs --checkpoint")
-    if ckpt is not None and ckpt.exists() and not (args.resume or args.overwrite):
-        raise UsageError(f"checkpoint {ckpt} exists: pass --resume to continue it, or --overwrite to replace it "
-                         "with a new run")
+    ckpt_exists = ckpt is not None and storage.exists(ckpt)
+    if ckpt_exists and not (args.resume or args.overwrite):
+        raise UsageError(f"checkpoint {redact_uri(ckpt)} exists: pass --resume to continue it, or --overwrite to "
+                         "replace it with a new run")
     shard_set = verified(args.data)  # sizes and sha256 of every shard, before any training
     t, h, w, _ = shard_set.clip_shape
 
-    resuming = args.resume and ckpt is not None and ckpt.exists()
+    resuming = args.resume and ckpt_exists
     if not resuming:  # flags checked before torch is imported: a typo fails at once
         from vidgan.variants import get_variant
 
@@ -217,11 +229,11 @@ def _run(args: argparse.Namespace, run: Run) -> int:
         run.saved = trainer.iteration
         conflicts = resume_conflicts(args, trainer)
         if conflicts:
-            raise UsageError(f"--resume of {ckpt}: {'; '.join(conflicts)}. Leave these flags out to continue "
-                             "the checkpoint as it was, or pass --overwrite instead of --resume for a new run")
+            raise UsageError(f"--resume of {redact_uri(ckpt)}: {'; '.join(conflicts)}. Leave these flags out to "
+                             "continue the checkpoint as it was, or pass --overwrite instead of --resume for a new run")
         kept = trainer.model_cfg
         if (kept.frames, kept.size, kept.size) != (t, h, w):
-            raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, checkpoint {ckpt} trains "
+            raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, checkpoint {redact_uri(ckpt)} trains "
                              f"{kept.frames}x{kept.size}x{kept.size}")
     else:
         trainer = run.trainer = Trainer(*configs, device=args.device)

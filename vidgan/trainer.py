@@ -12,18 +12,19 @@ counted every update as a "step", so ``paper_steps = critic_updates + generator_
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import random
 import time
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vidgan import storage
 from vidgan.budget import ModelTooLarge, check_evaluation, check_fits
 from vidgan.config import ModelConfig, TrainConfig
 from vidgan.ema import GeneratorEMA
@@ -360,10 +361,14 @@ class Trainer:
                 group["lr"] = lr
                 group["betas"] = tuple(cfg.betas)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint atomically (:func:`vidgan.files.atomic_write`)."""
+    def save(self, path: str | os.PathLike) -> str:
+        """Write a checkpoint whole or not at all, to a local path (:func:`vidgan.files.atomic_write`) or an
+        object-store URI (:func:`vidgan.storage.write_bytes`); returns where."""
         state = self.state_dict()
-        return atomic_write(path, lambda f: torch.save(state, f))
+        if storage.is_remote(path):
+            storage.write_bytes(str(path), storage.torch_bytes(state))
+            return str(path)
+        return str(atomic_write(storage.local_path(path), lambda f: torch.save(state, f)))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Trainer:
@@ -372,7 +377,8 @@ class Trainer:
         with _unfit(path):
             model, variant, train = configs_from_checkpoint(state)
             on = torch.device(device) if device is not None else pick_device(train.device)
-            check_fits(model, train.batch_size, on, "training", f"checkpoint {path}")  # a 2 KB file can ask for 500 GiB
+            # a 2 KB file can ask for 500 GiB: checked before allocating
+            check_fits(model, train.batch_size, on, "training", f"checkpoint {_shown(path)}")
             trainer = cls(model, variant, train, device=device)
             trainer.load_state_dict(state)
         return trainer
@@ -387,29 +393,37 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            source = io.BytesIO(storage.read_bytes(str(path))) if storage.is_remote(path) else storage.local_path(path)
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
+        raise CheckpointError(f"checkpoint {_shown(path)} does not exist") from None
     except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file") from None
+        raise CheckpointError(f"checkpoint {_shown(path)} is a directory, not a file") from None
+    except OSError as e:  # an object store that cannot be reached or read
+        raise CheckpointError(f"checkpoint {_shown(path)} cannot be read: {_first_line(e)}") from None
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():  # torch's refusal; its advice to disable the check is not repeated
             raise CheckpointError(
-                f"checkpoint {path} refused: it holds Python objects other than tensors and plain data, which "
+                f"checkpoint {_shown(path)} refused: it holds Python objects other than tensors and plain data, which "
                 "vidgan never writes (possibly malicious); nothing in it was run"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is not readable: {_first_line(e)}") from None
+        raise CheckpointError(f"checkpoint {_shown(path)} is not readable: {_first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of an untrusted file means "not a checkpoint"
         detail = "empty file" if isinstance(e, EOFError) and not str(e) else _first_line(e)
-        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint ({detail})") from None
+        raise CheckpointError(f"checkpoint {_shown(path)} is truncated or not a torch checkpoint ({detail})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is not a vidgan checkpoint (holds a {type(state).__name__})")
+        raise CheckpointError(f"checkpoint {_shown(path)} is not a vidgan checkpoint (holds a {type(state).__name__})")
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has checkpoint version {state.get('version')!r}; this vidgan reads version "
+            f"checkpoint {_shown(path)} has checkpoint version {state.get('version')!r}; this vidgan reads version "
             f"{CHECKPOINT_VERSION}"
         )
     return state
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A checkpoint's location for messages, without the credentials a URI may carry."""
+    return storage.redact_uri(str(path))
 
 
 def _first_line(e: BaseException) -> str:
@@ -428,7 +442,7 @@ def _unfit(path: str | os.PathLike) -> Iterator[None]:
         if isinstance(e, CheckpointError | ModelTooLarge):
             raise
         detail = f"missing {e}" if isinstance(e, KeyError) else _first_line(e)
-        raise CheckpointError(f"checkpoint {path} is not a usable vidgan checkpoint ({detail})") from None
+        raise CheckpointError(f"checkpoint {_shown(path)} is not a usable vidgan checkpoint ({detail})") from None
 
 
 #: fields added after checkpoints were first written, with the value every older checkpoint was trained with (the
@@ -459,9 +473,9 @@ def load_generator(
     state = read_checkpoint(path)
     with _unfit(path):
         model, _, _ = configs_from_checkpoint(state)
-        check_fits(model, batch_size, device, "sampling", f"checkpoint {path}")  # before allocating (budget)
+        check_fits(model, batch_size, device, "sampling", f"checkpoint {_shown(path)}")  # before allocating (budget)
         if eval_frames is not None:  # and the I3D scoring its clips
-            check_evaluation(model, batch_size, eval_frames, device, f"the FVD evaluation of checkpoint {path}",
+            check_evaluation(model, batch_size, eval_frames, device, f"the FVD evaluation of checkpoint {_shown(path)}",
                              advice="lower --batch-size")
         gen = Generator(model)
         gen.load_state_dict(state["generator_ema" if ema and "generator_ema" in state else "generator"])
