@@ -27,6 +27,9 @@ from tune_jobs.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 
+#: a deadline only a real hang reaches: every wait below ends at its event
+HANG_S = 900
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -168,12 +171,16 @@ def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, ser
     spec = parse_spec(_spec(data, server.uri, "kill", variants=["gp"],
                             scheduler={"type": "fifo", "max_t": 6, "grace_period": 2}))
     killed: dict[str, str] = {}
+    sweep_over = threading.Event()
 
     def killer() -> None:  # after the first checkpointed evaluation reached MLflow: kill the trial's node
-        deadline = time.monotonic() + 300
-        while _fvd_steps(server.uri) < 1 and time.monotonic() < deadline:
+        deadline = time.monotonic() + HANG_S
+        node = None
+        while node is None and time.monotonic() < deadline and not sweep_over.is_set():
             time.sleep(0.5)
-        node = _trial_node(workers)
+            node = _trial_node(workers) if _fvd_steps(server.uri) >= 1 else None
+        if node is None:
+            return  # the trial ended first, or a hang: no kill, and the assertions below say so
         kill_node(c, node)
         workers.remove(node)
         killed["node"] = node.node_id
@@ -183,8 +190,11 @@ def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, ser
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     with caplog.at_level(logging.WARNING, logger="tune_jobs.sweep"):
-        outcome = run_sweep(spec, name="kill", verbose=0)
-    thread.join(timeout=60)
+        try:
+            outcome = run_sweep(spec, name="kill", verbose=0)
+        finally:
+            sweep_over.set()
+    thread.join(timeout=HANG_S)  # it ended long ago: the sweep's end came after the restore
     assert "node" in killed and "replacement" in killed, killed
 
     (row,) = outcome.rows
