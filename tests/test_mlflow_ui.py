@@ -140,8 +140,11 @@ def test_run_links_open_the_training_view() -> None:
     url = tracking.run_url("http://u:secret@mlflow.example:5000/", "3", "abc")
     assert url == "http://mlflow.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     (line,) = tracking.open_lines("sqlite:////tmp/x/mlflow.db", "1", "r")
-    assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db" in line
+    assert "`vidgan ui --tracking-uri sqlite:////tmp/x/mlflow.db`" in line and "mlflow ui" not in line
     assert line.endswith("http://127.0.0.1:5000/#/experiments/1/runs/r?workflowType=machine_learning")
+    # the store `vidgan ui` finds by itself (./mlflow.db, as the demo's) needs no flag
+    (line,) = tracking.open_lines(tracking.resolve_tracking_uri(None), "1", "r")
+    assert "`vidgan ui` serves it and opens http://127.0.0.1:5000/#/experiments/1/runs/r" in line
 
 
 def test_finished_sweep_ranks_describes_and_logs_the_best_generator(

@@ -361,7 +361,7 @@ class Tracker:
 # ------------------------------------------------------------------------------------------ links
 def ui_address(uri: str) -> str:
     """Where the MLflow UI of a tracking store is: the server itself (credentials removed), or for a local
-    store the address ``mlflow ui`` listens on by default."""
+    store the address ``vidgan ui`` (and ``mlflow ui``) listens on by default."""
     if uri.startswith(("http://", "https://")):
         return redact_uri(uri).rstrip("/")
     return "http://127.0.0.1:5000"
@@ -372,13 +372,20 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
+def artifact_url(experiment_id: str, run_id: str, path: str) -> str:
+    """The UI path (``#/experiments/...``, relative to the UI's address) of one artifact of a run, in the training
+    view: without ``workflowType`` the MLflow 3 UI opens it in its GenAI view."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?workflowType=machine_learning"
+
+
 def open_lines(uri: str, experiment_id: str, run_id: str) -> list[str]:
     """What to print so that a person can open a run: its link, and for a local store the command that
-    serves the UI first."""
+    serves the UI and opens it (``vidgan ui``: the venv's MLflow, whatever PATH holds)."""
     url = run_url(uri, experiment_id, run_id)
     if uri.startswith(("http://", "https://")):
         return [f"MLflow: {url}"]
-    return [f"MLflow: mlflow ui --backend-store-uri {redact_uri(uri)}   then open {url}"]
+    flag = "" if uri == resolve_tracking_uri(None) else f" --tracking-uri {redact_uri(uri)}"
+    return [f"MLflow: `vidgan ui{flag}` serves it and opens {url}"]
 
 
 def run_open_lines(uri: str, run_id: str) -> list[str]:
