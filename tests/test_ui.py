@@ -67,6 +67,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+@pytest.mark.slow  # starts an MLflow server: not for `make test-fast`
 def test_ui_serves_the_store_prints_the_parents_link_and_stops_on_ctrl_c(store, tmp_path: Path) -> None:
     uri, experiment, parent = store
     port = _free_port()
