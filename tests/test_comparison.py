@@ -81,3 +81,21 @@ def test_tables_show_ties_intervals_and_the_test() -> None:
     # two seeds: their range, not a t-interval 12.7 times their half-difference wide
     two = markdown_variants(aggregate(_rows("d", "gp", [4367.0, 6117.2]) + _rows("d", "sn", [4500.0, 6300.0])))
     assert "| 5242.1 (4367.0 to 6117.2) |" in two and "+-" not in two.split("\n\n")[0].split("\n", 2)[2]
+
+
+def test_csv_says_for_two_seeds_what_the_table_says() -> None:
+    """#31: comparison.csv gave fvd_ci95 2150.38 beside a mean of 517 and p_value nan where the table shows a range."""
+    variants = aggregate(_rows("d", "gp", [348.0, 687.0]) + _rows("d", "sn", [637.0, 668.0]))
+    md = markdown_variants(variants)
+    parsed = {r["variant"]: r for r in csv.DictReader(io.StringIO(variants_csv(variants)))}
+    gp, sn = parsed["gp"], parsed["sn"]
+    assert "| 517.5 (348.0 to 687.0) | best |" in md
+    assert (gp["fvd_mean"], gp["fvd_min"], gp["fvd_max"], gp["fvd_ci95"]) == ("517.5", "348.0", "687.0", "")
+    assert gp["vs_best"] == "best" and gp["p_value"] == ""  # no test against itself: empty, not nan
+    assert sn["fvd_ci95"] == "" and sn["vs_best"] == "tied" and 0 < float(sn["p_value"]) < 1
+    assert f"p={float(sn['p_value']):.2g}" in md
+    assert "nan" not in variants_csv(variants).lower()
+    # three seeds: the interval the table prints
+    three = {r["variant"]: r for r in csv.DictReader(io.StringIO(variants_csv(aggregate(
+        _rows("d", "gp", [100.0, 110.0, 120.0])))))}
+    assert float(three["gp"]["fvd_ci95"]) == pytest.approx(24.84, abs=0.01) and three["gp"]["fvd_min"] == "100.0"

@@ -267,14 +267,23 @@ def markdown_variants(variants: list[VariantRow]) -> str:
 
 def variants_csv(variants: list[VariantRow]) -> str:
     """comparison.csv: one line per (variant, dataset) over seeds; the variant and the FVD columns lead (what a CSV
-    preview, e.g. MLflow's, shows first)."""
+    preview, e.g. MLflow's, shows first). It says what the printed table says: ``fvd_min``/``fvd_max`` are the seeds'
+    range, ``fvd_ci95`` is empty where the table prints no interval (two seeds or fewer), and a value that is not
+    there (``p_value`` of the best or of an untested variant) is empty, not ``nan``."""
     out = io.StringIO()
     keys = [k for k in VariantRow.__dataclass_fields__ if k != "values"]
+    keys.insert(keys.index("fvd_ci95") + 1, "fvd_min")
+    keys.insert(keys.index("fvd_min") + 1, "fvd_max")
     keys = sorted(keys, key=lambda k: (k != "variant", "fvd" not in k))  # stable: the others keep their order
     writer = csv.DictWriter(out, fieldnames=keys)
     writer.writeheader()
     for v in variants:
-        writer.writerow({k: getattr(v, k) for k in keys})
+        values = [x for x in v.values if x == x]
+        line = {k: getattr(v, k, "") for k in keys}
+        line.update(fvd_min=min(values) if values else "", fvd_max=max(values) if values else "")
+        if v.n_seeds <= 2:
+            line["fvd_ci95"] = ""
+        writer.writerow({k: "" if isinstance(x, float) and math.isnan(x) else x for k, x in line.items()})
     return out.getvalue()
 
 
