@@ -23,8 +23,11 @@ def _free_port() -> int:
 class Server:
     """A real `mlflow server` on 127.0.0.1 with a SQLite store, which the tests stop and start again."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, artifacts: str | None = None) -> None:
+        """``artifacts``: where the server keeps (proxies) artifacts, e.g. ``s3://bucket/mlartifacts`` on the local
+        S3 server (tests/s3_server.py); default a folder in ``root``."""
         self.root, self.port = root, _free_port()
+        self.artifacts = artifacts or str(root / "artifacts")
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -32,10 +35,12 @@ class Server:
         mlflow = Path(sys.executable).parent / "mlflow"
         with open(self.root / "server.log", "a") as out:
             env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
+            if "AWS_ENDPOINT_URL" in os.environ:  # the server (not its clients) talks to S3, through its own variable
+                env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
             self.proc = subprocess.Popen(
                 [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--host",
                  "127.0.0.1", "--port", str(self.port), "--workers", "1", "--artifacts-destination",
-                 str(self.root / "artifacts")],
+                 self.artifacts],
                 cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s

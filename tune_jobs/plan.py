@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
+from vidgan.files import redact_uri
 
 
 def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
@@ -77,9 +78,12 @@ def _dataset_lines(spec: SweepSpec, clips: dict[str, int]) -> list[str]:
     m = spec.model
     for ds in spec.datasets:
         if clips[ds.name]:
-            lines.append(f"data {ds.name}: {clips[ds.name]} clips of {m.frames}x{m.size}x{m.size} at {ds.path}")
+            lines.append(f"data {ds.name}: {clips[ds.name]} clips of {m.frames}x{m.size}x{m.size} at "
+                         f"{redact_uri(ds.path)}")
         else:
-            lines.append(f"data {ds.name}: built from the sample videos at {ds.path} when the sweep starts")
+            made = (f"{ds.synthetic.clips} synthetic {ds.synthetic.kind} clips" if ds.synthetic
+                    else "the sample videos")
+            lines.append(f"data {ds.name}: built from {made} at {redact_uri(ds.path)} when the sweep starts")
     return lines
 
 

@@ -33,8 +33,9 @@ from tune_jobs.spec import SpecError, SweepSpec, load_spec
 from tune_jobs.tracking import SweepContext
 from tune_jobs.trainable import CHECKPOINT_FILE, train_trial
 from vidgan import shards
+from vidgan import storage as vidgan_storage
 from vidgan.errors import one_line
-from vidgan.files import atomic_write_fs, join_uri, resolve_fs
+from vidgan.files import atomic_write_fs, join_uri, redact_uri, resolve_fs
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,25 @@ def _storage(spec: SweepSpec) -> str:
     return spec.storage_path or str(Path("results").resolve())
 
 
+def tune_storage(uri: str) -> tuple[str, Any]:
+    """(``storage_path``, ``storage_filesystem``) for Tune. A URI with pyarrow's query string
+    (``s3://b/p?endpoint_override=...``) goes as its filesystem and path: Tune appends the sweep's name to the
+    path, which after a query would land inside it (``scheme=http/<name>``)."""
+    if vidgan_storage.is_remote(uri) and "?" in uri:
+        return vidgan_storage.resolve(uri)[::-1]
+    return uri, None
+
+
 def check_storage(storage: str) -> None:
-    """Refuse (SpecError) a local ``storage_path`` that is not a folder and cannot be made one: a file, a path
-    under a file, or under a folder this user cannot write. Nothing is created. URIs (``s3://``) are left to
-    the sweep: checking them needs their credentials and network."""
-    if "://" in storage and not storage.startswith("file://"):
+    """Refuse (SpecError) a ``storage_path`` the sweep cannot write, before any MLflow run opens. Local: a file, a
+    path under a file, or under a folder this user cannot write (nothing is created). Object stores: a scheme vidgan
+    does not write, a bucket that does not exist or a write this user is denied (a probe object is written and
+    removed, :func:`vidgan.storage.probe_writable`)."""
+    if vidgan_storage.is_remote(storage):
+        try:
+            vidgan_storage.probe_writable(storage, "storage_path")
+        except vidgan_storage.StorageError as exc:
+            raise SpecError(str(exc)) from None
         return
     path = Path(storage.removeprefix("file://")).expanduser().absolute()
     where = f"storage_path {storage}"
@@ -494,9 +509,12 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
         tune.with_parameters(train_trial, ctx=ctx),
         trial_resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu, data_cpu=spec.resources.data_cpu),
     )
-    if resume and tune.Tuner.can_restore(exp_path):
-        log.info("resuming sweep %s from %s", name, exp_path)
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+    tune_path, tune_fs = tune_storage(storage)
+    tune_exp = join_uri(tune_path, name)
+    if resume and tune.Tuner.can_restore(tune_exp, storage_filesystem=tune_fs):
+        log.info("resuming sweep %s from %s", name, redact_uri(exp_path))
+        tuner = tune.Tuner.restore(tune_exp, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=tune_fs)
     else:
         param_space, searcher, num_samples = _tune_setup(spec, name=name, tracking_uri=uri)
         tuner = tune.Tuner(
@@ -513,7 +531,8 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=storage,
+                storage_path=tune_path,
+                storage_filesystem=tune_fs,
                 stop={"iteration": spec.scheduler.max_t},
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 callbacks=[RestartLog()],  # one line per restart in this log; counted in the table and MLflow
@@ -527,7 +546,7 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
         )
     with tracking.OutageWatch(uri):  # one line when MLflow goes away, one when it is back
         results = tuner.fit()
-    if tune_was_interrupted(exp_path):
+    if tune_was_interrupted(tune_exp, tune_fs):
         # Tune catches Ctrl-C (SIGINT, SIGUSR1) itself: it saves its state with the trials still running, then marks
         # them terminated in memory and returns as if the sweep had ended, so they would read as stopped by ASHA.
         # Deliver what their checkpoints hold, then end as an interrupted sweep (parent and unfinished trial runs
@@ -540,14 +559,14 @@ def _run_tune(spec: SweepSpec, state: dict[str, Any], uri: str, experiment_id: s
     return finish_sweep(spec, ctx, exp_path, results)
 
 
-def tune_was_interrupted(exp_path: str) -> bool:
+def tune_was_interrupted(exp_path: str, fs: Any = None) -> bool:
     """Whether the Tune run saved at ``exp_path`` has trials that are not over (running, pending or paused in its
     saved state): a run that ends has every trial terminated or errored. A state that cannot be read counts as
     ended (with a warning): the table is then built as before."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        trials = ExperimentAnalysis(exp_path).trials
+        trials = ExperimentAnalysis(exp_path, storage_filesystem=fs).trials
     except Exception as exc:  # noqa: BLE001 - a finished sweep must not fail on this check
         log.warning("could not read Tune's saved state at %s to tell an interrupted sweep: %s", exp_path,
                     one_line(exc))

@@ -99,9 +99,18 @@ MAX_FILES_PER_EXECUTION = 256
 OPEN_AHEAD_CLIPS = 1024
 
 
+#: Ray Data looks up the sizes of the paths it is given in the reading process while they are fewer than this
+#: (``FILE_SIZE_FETCH_PARALLELIZATION_THRESHOLD``) or all sit in one folder that is not itself one of them; past it,
+#: one file named many times (a one-shard dataset read for several epochs) sends the look-ups to Ray tasks that are
+#: placed outside the trial's placement group, which wait forever for CPUs the trials hold (seen with s3://)
+RAY_SERIAL_METADATA_PATHS = 16
+
+
 def epochs_per_execution(clips: int, files: int) -> int:
-    """Whole epochs of a dataset of ``clips`` clips in ``files`` shards in one execution."""
-    return max(1, min(-(-CLIPS_PER_EXECUTION // max(clips, 1)), MAX_FILES_PER_EXECUTION // max(files, 1)))
+    """Whole epochs of a dataset of ``clips`` clips in ``files`` shards in one execution: enough to amortise an
+    execution's start, and for a one-shard dataset fewer than :data:`RAY_SERIAL_METADATA_PATHS` (see there)."""
+    most = MAX_FILES_PER_EXECUTION // max(files, 1) if files > 1 else RAY_SERIAL_METADATA_PATHS - 1
+    return max(1, min(-(-CLIPS_PER_EXECUTION // max(clips, 1)), most))
 
 
 def execution_files(files: list[str], clips: int, execution: int, shuffle: bool, seed: int | None) -> list[str]:

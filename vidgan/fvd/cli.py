@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         real = stats.real_features(real_uri, args.n, args.frames, device, args.batch_size, args.weights,
                                    on_clips=bar.update)
     if args.stats:
-        where = stats.stats_location(real_uri, args.n, args.frames)
+        where = stats.stats_shown(real_uri, args.n, args.frames)
         print(f"real features of {args.n} clips x {args.frames} frames cached at {where}")
         return 0
     if args.fake:

@@ -49,6 +49,12 @@ def stats_location(dataset: str | shards.ShardSet, n: int, frames: int) -> str:
     return join_uri(join_uri(shard_set.path, STATS_DIR), name)
 
 
+def stats_shown(dataset: str | shards.ShardSet, n: int, frames: int) -> str:
+    """:func:`stats_location` as the caller spelled the dataset (``s3://bucket/...``, no credentials), for messages."""
+    shard_set = shards.as_shard_set(dataset)
+    return join_uri(shard_set.shown(STATS_DIR), stats_location(shard_set, n, frames).rsplit("/", 1)[1])
+
+
 def check_request(dataset: str | shards.ShardSet, n: int, frames: int) -> None:
     """Refuse clearly what cannot give ``n`` features of ``frames`` frames."""
     shard_set = shards.as_shard_set(dataset)
