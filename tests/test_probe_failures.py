@@ -7,6 +7,7 @@ where a traceback or a hang is what the probe saw.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -146,9 +147,10 @@ def test_a_cache_under_a_regular_file_costs_the_cache_only(made: tuple[Path, Pat
 # --------------------------------------------------------------------------- 10: odd values in the report's store
 
 
-def odd_store(folder: Path) -> str:
+def odd_store(folder: Path, odd: bool = True) -> str:
     """A SQLite MLflow store holding one sweep whose trials logged a seed that is not an integer and an infinite
-    FVD: trial a (seed 'zero', FVD inf then 30), trial b (seed '1', only inf). Its URI."""
+    FVD: trial a (seed 'zero', FVD inf then 30), trial b (seed '1', only inf); not ``odd``: seeds 0 and 1, FVDs 40
+    then 30, and 35. Its URI."""
     from mlflow import MlflowClient
 
     from tune_jobs import tracking
@@ -157,7 +159,9 @@ def odd_store(folder: Path) -> str:
     exp = tracking.ensure_experiment(uri, "p30")
     parent = tracking.start_parent_run(uri, exp, "odd")
     client = MlflowClient(uri)
-    for trial, seed, fvds in (("a", "zero", [float("inf"), 30.0]), ("b", "1", [float("inf")])):
+    trials = (("a", "zero", [math.inf, 30.0]), ("b", "1", [math.inf])) if odd else (("a", "0", [40.0, 30.0]),
+                                                                                   ("b", "1", [35.0]))
+    for trial, seed, fvds in trials:
         run = client.create_run(exp, run_name=trial, tags={tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial",
                                                            tracking.TAG_TRIAL: trial, tracking.TAG_VARIANT: "gp",
                                                            tracking.TAG_DATASET: "tiny"})
@@ -232,12 +236,13 @@ def test_a_full_disk_during_ingest_says_what_was_kept_and_how_to_resume(made: tu
 def test_report_out_on_a_full_disk_leaves_no_half_file(tmp_path: Path, small_disk) -> None:
     """#30 item 11: `report --out` on a full disk left a truncated report.html (and the tables), which the next run
     refused to replace; now it leaves nothing of its own there, and the next run writes the report."""
-    uri = odd_store(tmp_path)
+    uri = odd_store(tmp_path, odd=False)
     disk = small_disk(2**20)
     filler = disk / "filler"
     filler.write_bytes(b"\0" * (2**20 - 40 * 1024))  # room for the tables and the curves, not for the page
     out = disk / "report"
-    one_line(vidgan("report", "odd", "--tracking-uri", uri, "--out", out), "No space left on device", "report.html")
+    one_line(vidgan("report", "odd", "--tracking-uri", uri, "--out", out), "No space left on device", "could not write",
+             "no file of this report was left there")
     assert sorted(p.name for p in out.iterdir()) == []
     filler.unlink()
     r = vidgan("report", "odd", "--tracking-uri", uri, "--out", out)
@@ -362,12 +367,12 @@ def test_check_counts_the_memory_of_the_evaluation(made: tuple[Path, Path], tmp_
     (the I3D scoring 512 clips at once); it is refused in one line with the estimate. Each process is capped at
     6 GiB, the memory vidgan.budget then takes as the machine's; the spec's own eval batch (2) still passes."""
     spec = tiny_spec(tmp_path, made[1])
-    ok = vidgan("sweep", spec, "--check", memory_gib=6)
-    assert ok.returncode == 0 and "GiB to evaluate at eval batch 2 (estimates)" in ok.stdout, ok.stderr
     line = one_line(vidgan("sweep", spec, "eval.n_fake=512", "eval.batch_size=512", "--check", memory_gib=6),
                     "sweep p30: the trials' FVD evaluation would not fit", "scoring 512 clips of 9 frames at once",
                     "lower eval.batch_size")
     assert "GiB (I3D 25." in line, line  # 25.0 GiB at 9 frames: the probe saw ~25 GiB
+    ok = vidgan("sweep", spec, "--check", memory_gib=6)
+    assert ok.returncode == 0 and "GiB to evaluate at eval batch 2 (estimates)" in ok.stdout, ok.stderr
 
 
 def test_fvd_checks_the_batch_it_scores_not_one_clip(made: tuple[Path, Path], tmp_path: Path) -> None:
