@@ -71,6 +71,15 @@ def test_an_alias_bomb_in_an_override_is_refused_in_one_line() -> None:
     one_line(r, "seeds=", "YAML aliases (*a) are not allowed in an override")
 
 
+def test_a_spec_file_whose_aliases_expand_to_billions_is_refused_in_one_line(made: tuple[Path, Path],
+                                                                             tmp_path: Path) -> None:
+    """#30 item 5, the file's side: a spec file holding an alias bomb was refused only when the schema met it (at
+    once for `seeds`), and hung as soon as any override was given (OmegaConf copies the spec written out)."""
+    spec = tiny_spec(tmp_path, made[1], seeds=alias_bomb())
+    for extra in ([], ["train.lr=2e-4"]):
+        one_line(vidgan("sweep", spec, *extra, "--check"), f"{spec}: holds over 100000 values once its YAML aliases")
+
+
 def test_an_override_without_aliases_still_reads_as_yaml() -> None:
     from tune_jobs.overrides import apply
 

@@ -48,6 +48,39 @@ def check_value(item: str) -> None:
         return
 
 
+#: the most values (mappings, lists and scalars, counted as written out) a spec may hold: a sweep spec holds
+#: hundreds; YAML aliases of aliases can make a few hundred bytes stand for billions
+MAX_VALUES = 100_000
+
+
+def check_size(raw: object, source: str, limit: int = MAX_VALUES) -> None:
+    """Raise SpecError when ``raw`` (a loaded YAML document, its aliases shared objects) holds more than ``limit``
+    values once written out. Each shared object is counted once per use but walked once, so the count costs time
+    linear in what the file wrote, never in what its aliases expand to."""
+    sizes: dict[int, int] = {}
+
+    def size(node: object) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else \
+            node if isinstance(node, list) else []
+        n = 1
+        for child in children:
+            n += size(child)
+            if n > limit:
+                break
+        sizes[id(node)] = n
+        return n
+
+    try:
+        too_many = size(raw) > limit
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply; a sweep spec is a few levels of mappings and lists") from None
+    if too_many:
+        raise SpecError(f"{source}: holds over {limit} values once its YAML aliases are written out (aliases of "
+                        "aliases?); a sweep spec holds hundreds")
+
+
 def _shown(item: str, limit: int = 80) -> str:
     """``item`` quoted, shortened to ``limit`` characters."""
     return repr(item if len(item) <= limit else item[: limit - 3] + "...")
@@ -124,6 +157,7 @@ def apply(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """The spec mapping ``raw`` with ``overrides`` (``key=value`` strings) applied, checked key by key first."""
     if not overrides:
         return raw
+    check_size(raw, "the spec")  # before OmegaConf copies it whole
     for item in overrides:
         check_key(split(item)[0])
         check_value(item)

@@ -418,6 +418,9 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
         raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping of keys, got {type(raw).__name__}")
+    from tune_jobs.overrides import check_size
+
+    check_size(raw, str(path))  # YAML aliases of aliases: refused before anything walks them written out
     return raw
 
 
