@@ -330,3 +330,60 @@ def test_early_stopping_counts_no_failed_trial_as_saved() -> None:
     assert iterations_saved([row("completed", 100), row("failed", 10), row("diverged", 0)], 100) == 0.0
     assert iterations_saved([row("completed", 100), row("stopped_by_asha", 25), row("failed", 5)], 100) == 0.375
     assert iterations_saved([row("failed", 5)], 100) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ item 12: vidgan train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vidgan.ingest import ingest_sample
+
+    root = tmp_path_factory.mktemp("probe-data") / "data"
+    ingest_sample(root, frames=16, size=32, stride=8)
+    return root
+
+
+def _train(*argv: str | Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tune_jobs.main", "train", *map(str, argv), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def _checkpoint(path: Path) -> Path:
+    """A checkpoint at iteration 0 of a tiny model for :func:`data`'s clips."""
+    from vidgan.config import ModelConfig, TrainConfig
+    from vidgan.trainer import Trainer
+    from vidgan.variants import get_variant
+
+    Trainer(ModelConfig(frames=16, size=32, width=4), get_variant("gp"), TrainConfig(batch_size=2, n_critic=1),
+            device="cpu").save(path)
+    return path
+
+
+def test_resume_through_a_symlinked_checkpoint_saves_to_its_target(data: Path, tmp_path: Path) -> None:
+    """#30 item 12: `--resume` through a symbolic link replaced the link with a file and left its target behind; now
+    the target is continued and the link stays."""
+    from vidgan.trainer import read_checkpoint
+
+    real = _checkpoint(tmp_path / "runs" / "real.pt")
+    link = tmp_path / "link.pt"
+    link.symlink_to(real)
+    r = _train("--data", data, "--checkpoint", link, "--resume", "--iterations", "1")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert read_checkpoint(real)["counters"]["iteration"] == 1
+    assert not list(tmp_path.glob(".*vidgan-lock")) and not list(real.parent.glob(".*vidgan-lock"))
+
+
+def test_resume_to_fewer_iterations_than_the_checkpoint_has_is_refused(data: Path, tmp_path: Path) -> None:
+    """#30 item 12: `--resume --iterations` below the checkpoint's iteration exited 0 having done nothing; now one
+    line says so (exit 2) and the checkpoint is as it was."""
+    ck = _checkpoint(tmp_path / "ck.pt")
+    assert _train("--data", data, "--checkpoint", ck, "--resume", "--iterations", "2").returncode == 0
+    before = ck.read_bytes()
+    r = _train("--data", data, "--checkpoint", ck, "--resume", "--iterations", "1")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert "iteration 2" in lines[0] and "--iterations 1" in lines[0] and str(ck) in lines[0], lines[0]
+    assert ck.read_bytes() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,6 +169,10 @@ def _locked(args: argparse.Namespace, run: Run) -> int:
 
     if not args.checkpoint:
         return _run(args, run)
+    here = storage.local_path(args.checkpoint)
+    if args.resume and not storage.is_remote(args.checkpoint) and os.path.islink(here) and os.path.isfile(here):
+        # --resume through a symbolic link to a checkpoint: save to (and claim) the file it names; the link stays
+        args.checkpoint = os.path.realpath(here)
     ckpt = run.checkpoint = args.checkpoint
     if storage.is_remote(ckpt):  # an unwritable scheme, a missing bucket or a denied write: one line, nothing written
         storage.probe_writable(storage.parent_and_name(ckpt)[0], "--checkpoint")
@@ -235,6 +240,10 @@ def _run(args: argparse.Namespace, run: Run) -> int:
         if (kept.frames, kept.size, kept.size) != (t, h, w):
             raise UsageError(f"{redact_uri(args.data)} holds {t}x{h}x{w} clips, checkpoint {redact_uri(ckpt)} trains "
                              f"{kept.frames}x{kept.size}x{kept.size}")
+        if trainer.iteration > args.iterations:
+            raise UsageError(f"--resume of {redact_uri(ckpt)}: it is at iteration {trainer.iteration}, past "
+                             f"--iterations {args.iterations} (the total to train to): nothing to train; pass "
+                             f"--iterations above {trainer.iteration}")
     else:
         trainer = run.trainer = Trainer(*configs, device=args.device)
     batches = arrow_clip_batches(args.data, trainer.train_cfg.batch_size, flip=True,
