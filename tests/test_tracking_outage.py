@@ -167,14 +167,13 @@ def _progress(results: Path) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def _evaluated_while_down(rows: list, down: float, up: float = float("inf")) -> int:
-    """How many whole evaluations of a trial happened while MLflow was down: results whose previous result was
-    already reported after ``down`` (the trial logs an evaluation, then reports it: the logging of such a result
-    came after the outage began) and which were reported before ``up``. Tune's timestamps are whole seconds
-    (int(time.time()) at the report): ``t > down`` means reported after ``down``, and a result seen before the
-    store came back has ``t <= up``."""
+def _evaluated_since(rows: list, down: float) -> int:
+    """How many whole evaluations of a trial came after ``down``: results whose previous result was already
+    reported after ``down`` (a trial logs an evaluation, then reports it: the logging of such a result came after
+    ``down``). Tune's timestamps are whole seconds (int(time.time()) at the report): ``t > down`` means reported
+    after ``down``. Counted on the rows read before the store comes back, they happened while it was down."""
     stamps = [int(r["timestamp"]) for r in rows]
-    return sum(prev > down and t <= up for prev, t in zip(stamps, stamps[1:], strict=False))
+    return sum(prev > down for prev in stamps[:-1])
 
 
 def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Cable, budget: float,
@@ -182,6 +181,7 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
     spec = parse_spec(_spec(data, server.uri, "outage"))
     results = data / "results" / "outage"
     seen: dict[str, float] = {}
+    during: dict[str, int] = {}  # trial folder -> whole evaluations seen while MLflow was down (read before the plug)
     sweep_over = threading.Event()
 
     def outage() -> None:
@@ -200,8 +200,8 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
         try:
             while True:
                 progress = _progress(results)
-                each = len(progress) == 2 and all(_evaluated_while_down(rows, seen["down"]) >= 1
-                                                  for rows in progress.values())
+                during.update({folder: _evaluated_since(rows, seen["down"]) for folder, rows in progress.items()})
+                each = len(during) == 2 and min(during.values()) >= 1
                 if each and time.monotonic() - down_at >= 2 * budget:
                     break
                 ended = any(rows and int(rows[-1]["iteration"]) >= MAX_T for rows in progress.values())
@@ -221,6 +221,7 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
             sweep_over.set()
     killer.join(timeout=HANG_S)
     assert "up" in seen, "the outage never happened"
+    print(f"MLflow down for {seen['up'] - seen['down']:.0f} s; whole evaluations while down: {during}")
     assert seen["up"] - seen["down"] >= 2 * budget
     assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
     assert all(r.restarts == 0 for r in outcome.rows)  # no trial failed
@@ -238,8 +239,6 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
         gaps = df["time_this_iter_s"].tolist()[1:]  # the first one holds the trial's start
         median = sorted(gaps)[len(gaps) // 2]
         assert max(gaps) <= 2 * median + 5, (gaps, "a trial stalled")
-    during = {folder: _evaluated_while_down(rows, seen["down"], seen["up"]) for folder, rows in
-              _progress(results).items()}
     assert len(during) == 2 and min(during.values()) >= 1, ("a trial made no evaluation while MLflow was down",
                                                             during)
 
