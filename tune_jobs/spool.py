@@ -24,6 +24,12 @@ whose records reached MLflow, or a PBT exploit), every record is delivered in *r
 
 The checkpoint's spool is the source of truth: :func:`reconcile` delivers one to its run, synchronously, for
 the driver (the end of a sweep, and trials whose last records were not delivered before they stopped).
+
+**Damage.** A line that is not a record is skipped with a warning naming the file and the line, never the records
+after it (:func:`read_records`); a torn last line is dropped, and the next record starts a line of its own. An
+append that fails (a full disk) leaves whole lines only and keeps the record in memory, written with the next
+append; checkpoints get the records and the state from memory. A ``state.json`` that cannot be read costs a
+warning: the best scores are rebuilt from the records (:meth:`Spool.read_state`).
 """
 
 from __future__ import annotations
