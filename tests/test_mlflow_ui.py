@@ -239,3 +239,83 @@ def test_finished_sweep_ranks_describes_and_logs_the_best_generator(
     logged = client.get_logged_model(model_uri.split("/")[-1])
     assert logged.source_run_id == nested[0].info.run_id
     assert logged.experiment_id == ctx.experiment_id  # in the sweep's Models tab, not under MLflow's Default
+
+
+def test_samples_at_a_glance_scores_first_best_fvd_on_the_model(data: Path, store: Path, tmp_path: Path) -> None:
+    """#31 item 3: the parent gets one grid per evaluation step (a row per trial, best first, under the real clips),
+    again at step 0 where MLflow's image cards open and as samples_grid.png linked from its description; a trial's
+    description leads with its latest samples; the scores have a section of their own (``Scores/``) beside their flat
+    names; the best FVD is on the logged model's page."""
+    from PIL import Image
+
+    from tune_jobs import history, sample_grid
+    from tune_jobs.sweep import log_sweep_start
+
+    spec = _spec(data, store, "ui-glance")
+    ctx = _context(spec)
+    parent = tracking.Tracker(ctx.tracking_uri, ctx.parent_run_id)
+    log_sweep_start(parent, spec, ctx.sweep)
+    curves = {"gp": [40.0, 25.0, 30.0], "sn": [35.0, 12.0, 18.0], "drift": [50.0]}  # drift stopped at iteration 2
+    for i, variant in enumerate(VARIANTS):
+        logger = tracking.TrialLogger(ctx, spec.trial({"variant": variant, "dataset": "sample", "seed": 0}), f"t{i}")
+        reports = [_result(2 * (j + 1), f) for j, f in enumerate(curves[variant])]
+        for j, r in enumerate(reports):
+            logger.report(r, reports[: j + 1], _samples(10 * i + j), tmp_path)
+        logger.finish()
+    client = MlflowClient(ctx.tracking_uri)
+    record = history.read_sweep(ctx.tracking_uri, ctx.parent_run_id, tmp_path / "read")
+    runs = history.trial_run_ids(ctx.tracking_uri, record)
+
+    # a trial: its description leads with its latest samples (a small plain artifact), and its scores come first
+    sn = client.get_run(runs["t1"])
+    note = sn.data.tags[tracking.TAG_NOTE]
+    assert note.startswith("**sn** on `sample`, seed 0: running at iteration 6")
+    picture = f"\n\n![latest samples](get-artifact?path=samples%2Flatest.png&run_uuid={runs['t1']}&v=6-"
+    assert picture in note and note.index(picture) == note.index("\n\n")  # below the first line
+    latest = Image.open(client.download_artifacts(runs["t1"], tracking.GLANCE_PATH, str(tmp_path / "sn")))
+    assert latest.height <= tracking.GLANCE_HEIGHT and latest.width > latest.height
+    assert np.array_equal(np.asarray(latest), tracking.glance(_samples(12)))  # the last evaluation's
+    metrics = sn.data.metrics
+    assert metrics["Scores/fvd"] == metrics["fvd"] == 18.0 and metrics["Scores/best_fvd"] == metrics["best_fvd"] == 12.0
+    assert metrics["Scores/kvd"] == metrics["kvd"]
+    assert min(k.split("/")[0] for k in metrics if "/" in k) == "Scores"  # the first section in MLflow's order
+    # the end of the sweep describes it again: still with the picture
+    tracking.Tracker(ctx.tracking_uri, runs["t1"]).describe("**sn**: completed\n\nrestarted once")
+    described = client.get_run(runs["t1"]).data.tags[tracking.TAG_NOTE].split("\n\n")
+    assert described[0] == "**sn**: completed" and described[1].startswith("![latest samples](get-artifact?")
+    assert described[2] == "restarted once"
+
+    # the parent: a grid per evaluation step, best first
+    text = sample_grid.with_grid(ctx, record.rows, "[table](x) | [compare](y)\n\nWinner: sn")
+    grid_link = tracking.artifact_url(ctx.experiment_id, ctx.parent_run_id, "samples_grid.png")
+    assert text == f"[table](x) | [compare](y) | [Every trial's samples, best first]({grid_link})\n\nWinner: sn"
+    assert grid_link.endswith("samples_grid.png?workflowType=machine_learning")
+    grids = history.sample_images(client, ctx.parent_run_id, sample_grid.GRID_KEY)
+    assert sorted(grids) == [0, 2, 4, 6]
+    order = {step: [r.variant for r, *_ in sample_grid.grid_rows(record.rows, {
+        t: history.sample_images(client, runs[t]) for t in runs}, step)] for step in (2, 4, 6)}
+    assert order == {2: ["sn", "gp", "drift"], 4: ["sn", "gp", "drift"], 6: ["sn", "gp", "drift"]}
+    last = np.asarray(Image.open(client.download_artifacts(ctx.parent_run_id, grids[6], str(tmp_path / "g6"))))
+    at_zero = np.asarray(Image.open(client.download_artifacts(ctx.parent_run_id, grids[0], str(tmp_path / "g0"))))
+    artifact = np.asarray(Image.open(client.download_artifacts(ctx.parent_run_id, "samples_grid.png", str(tmp_path))))
+    assert np.array_equal(last, at_zero) and np.array_equal(last, artifact)  # step 0 and the file: the latest
+    rows = 1 + 3  # the real clips, then a row per trial
+    assert last.shape[0] == sample_grid.TITLE_HEIGHT + rows * (sample_grid.ROW_HEIGHT + sample_grid.GAP)
+    # each trial's strip in its row, in ranking order (sn's of iteration 6, gp's, drift's of iteration 2)
+    for row, (trial, seed) in enumerate((("t1", 12), ("t0", 2), ("t2", 20)), 1):
+        top = sample_grid.TITLE_HEIGHT + row * (sample_grid.ROW_HEIGHT + sample_grid.GAP)
+        strip = Image.fromarray(np.asarray(Image.open(client.download_artifacts(
+            runs[trial], history.sample_images(client, runs[trial])[max(history.sample_images(client, runs[trial]))],
+            str(tmp_path / trial)))))
+        width = round(strip.width * sample_grid.ROW_HEIGHT / strip.height)
+        expected = np.asarray(strip.resize((width, sample_grid.ROW_HEIGHT), Image.Resampling.BOX))
+        cell = last[top : top + sample_grid.ROW_HEIGHT, sample_grid.LABEL_WIDTH : sample_grid.LABEL_WIDTH + width]
+        assert np.array_equal(cell, expected), (trial, seed)
+
+    # the best FVD on the logged model's page: a model of sn's run gets its best_fvd as a model metric
+    model = client.create_logged_model(ctx.experiment_id, name="generator", source_run_id=runs["t1"])
+    tracking.model_scores(ctx.tracking_uri, f"models:/{model.model_id}", ctx.sweep)
+    logged = client.get_logged_model(model.model_id)
+    assert {m.key: m.value for m in logged.metrics}["best_fvd"] == 12.0
+    assert logged.params["variant"] == "sn" and logged.params["sweep"] == ctx.sweep
+    assert client.get_run(runs["t1"]).data.metrics["best_fvd"] == 12.0  # the run's own value is unchanged

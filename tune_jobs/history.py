@@ -186,6 +186,22 @@ def read_sweep(uri: str, ref: str, folder: Path) -> SweepRecord:
     )
 
 
+def sample_images(client: MlflowClient, run_id: str, key: str = tracking.SAMPLES_KEY) -> dict[int, str]:
+    """The PNGs a run logged under the image key ``key`` (``MlflowClient.log_image``): step -> artifact path of the one
+    logged last at that step."""
+    prefix = key.replace("/", "~")  # how MLflow writes a key with slashes into a file name
+    found: dict[int, tuple[int, str]] = {}
+    for item in tracking.retry(lambda: client.list_artifacts(run_id, "images")):
+        name = item.path.rsplit("/", 1)[-1]
+        parts = name.split("+")  # <key>+step+<step>+timestamp+<ms>+<uuid>.png (+compressed.webp)
+        if (len(parts) == 6 and parts[0] == prefix and parts[1] == "step" and name.endswith(".png")
+                and parts[2].isdigit() and parts[4].isdigit()):
+            step, stamp = int(parts[2]), int(parts[4])
+            if step not in found or (stamp, item.path) > found[step]:
+                found[step] = (stamp, item.path)
+    return {step: path for step, (_, path) in sorted(found.items())}
+
+
 def sample_strips(
     uri: str, rows: list[report.TrialRow], run_ids: dict[str, str], folder: Path
 ) -> dict[str, tuple[int, Path]]:
@@ -197,18 +213,12 @@ def sample_strips(
         run_id = run_ids.get(row.trial_id)
         if run_id is None:
             continue
-        best: tuple[int, int, str] | None = None
-        for item in tracking.retry(lambda r=run_id: client.list_artifacts(r, "images")):
-            name = item.path.rsplit("/", 1)[-1]
-            parts = name.split("+")  # samples+step+<step>+timestamp+<ms>+<uuid>.png (+compressed.webp)
-            if (len(parts) == 6 and parts[0] == tracking.SAMPLES_KEY and parts[1] == "step" and name.endswith(".png")
-                    and parts[2].isdigit() and parts[4].isdigit()):
-                key = (int(parts[2]), int(parts[4]), item.path)
-                best = key if best is None or key > best else best
-        if best is not None:
+        images = sample_images(client, run_id)
+        if images:
+            step, path = max(images.items())
             target = folder / row.trial_id
             target.mkdir(parents=True, exist_ok=True)
-            out[row.trial_id] = (best[0], Path(client.download_artifacts(run_id, best[2], str(target))))
+            out[row.trial_id] = (step, Path(client.download_artifacts(run_id, path, str(target))))
     return out
 
 

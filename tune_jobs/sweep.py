@@ -409,13 +409,21 @@ def describe_sweep(
     parent: tracking.Tracker, ctx: SweepContext, rows: list[report.TrialRow], model_uri: str = "",
     variants: list[Any] | None = None,
 ) -> None:
-    """The parent run's final description (winner, ties, ranking, a link to comparison.md) and its model tag."""
-    link = f"#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}/artifacts/comparison.md"
+    """The parent run's final description (winner, ties, ranking, links to comparison.md and to every trial's samples,
+    :mod:`tune_jobs.sample_grid`), its model tag, and the best FVD on the model's page."""
+    from tune_jobs import sample_grid
+
+    link = tracking.artifact_url(ctx.experiment_id, ctx.parent_run_id, "comparison.md")  # in the training view
     view = tracking.share_trials_view(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep,
                                       ctx.spec.eval.every)
-    parent.describe(report.sweep_description(rows, link, model_uri, variants, compare_link=view))
+    text = report.sweep_description(rows, link, model_uri, variants, compare_link=view)
+    parent.describe(sample_grid.with_grid(ctx, rows, text))
     if model_uri:
         parent.set_tags({tracking.TAG_BEST_MODEL: model_uri})
+        try:
+            tracking.model_scores(ctx.tracking_uri, model_uri, ctx.sweep)
+        except Exception as exc:  # noqa: BLE001 - the model is there anyway
+            log.warning("the best FVD was not put on the logged model's page: %s", exc)
 
 
 def run_sweep(

@@ -75,6 +75,16 @@ PARAM_KEYS = ("n_fake", "n_real")
 STEP_KEY = "iteration"
 #: image key of the sample strips (``MlflowClient.log_image``): MLflow shows them per step, runs side by side
 SAMPLES_KEY = "samples"
+#: a trial's latest samples, small, as a plain artifact (replaced at each evaluation) that its description shows first:
+#: what a trial's page shows on first sight (MLflow's image cards open at step 0, under 49 parameters)
+GLANCE_PATH = "samples/latest.png"
+GLANCE_HEIGHT = 100  # pixels, at most: the MLflow UI folds a description after 150
+#: the scores a person sorts trials by, logged a second time under ``Scores/``: the MLflow UI orders a run's chart
+#: sections by name with the unprefixed ones ("Model metrics": ``fvd``, ``kvd``, ...) after every prefixed one, and a
+#: capital sorts before the lower-case prefixes (eval/, loss/, ...), so these come first. The flat names stay, for Tune,
+#: ``vidgan report``, the saved view and the runs table's sorting.
+SCORES_SECTION = "Scores"
+SCORE_KEYS = ("fvd", "best_fvd", "kvd")
 
 
 #: MLflow's credentials for a tracking server (basic auth or a bearer token), read from the environment
@@ -351,7 +361,15 @@ class Tracker:
         retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def describe(self, text: str) -> None:
-        """The run's description in the MLflow UI (Markdown)."""
+        """The run's description in the MLflow UI (Markdown), with the run's latest samples below its first line
+        where it has them (a trial: :data:`GLANCE_PATH`)."""
+        if GLANCE_ALT not in text:
+            try:
+                sizes = {a.path: a.file_size for a in self.client.list_artifacts(self.run_id, "samples")}
+            except Exception:  # noqa: BLE001 - the description without the picture
+                sizes = {}
+            if GLANCE_PATH in sizes:
+                text = with_glance(text, self.run_id, sizes[GLANCE_PATH] or "")
         self.set_tags({TAG_NOTE: text[:50000]})
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -359,6 +377,52 @@ class Tracker:
 
 
 # ------------------------------------------------------------------------------------------ links
+GLANCE_ALT = "latest samples"
+
+
+def with_glance(text: str, run_id: str, version: object = "") -> str:
+    """A run's description with its :data:`GLANCE_PATH` image below its first paragraph, served by the UI's own
+    ``get-artifact`` (a relative link: the UI that shows the description serves the file). ``version`` changes the
+    link when the file changes, so that a browser shows the new one."""
+    from urllib.parse import quote
+
+    link = f"get-artifact?path={quote(GLANCE_PATH, safe='')}&run_uuid={run_id}&v={quote(str(version))}"
+    first, _, rest = text.partition("\n\n")  # below the first line (how the trial stands), above the fold
+    return f"{first}\n\n![{GLANCE_ALT}]({link})" + (f"\n\n{rest}" if rest else "")
+
+
+def glance(samples: np.ndarray, height: int = GLANCE_HEIGHT) -> np.ndarray:
+    """A small picture of clips [N, T, H, W, 3] for a description: two clips as rows of 8 frames, at most ``height``
+    pixels high."""
+    from vidgan.video import strip
+
+    rows = 2 if len(samples) > 1 else 1
+    frame = samples.shape[2] + 1
+    return strip(samples, n_clips=rows, n_frames=8, scale=max(1, height // (rows * frame)))
+
+
+def model_scores(uri: str, model_uri: str, sweep: str = "") -> None:
+    """Put the best FVD on the page of a logged model (``models:/<id>``, as :func:`log_generator` returns): its source
+    run's ``best_fvd`` (and iteration, ``kvd``) logged again as metrics of the model (``model_id``, at the step of the
+    run's latest, so that the run's own values do not change), and the trial's variant, dataset and seed as the model's
+    parameters."""
+    client = MlflowClient(uri)
+    model_id = model_uri.rsplit("/", 1)[-1]
+    model = retry(lambda: client.get_logged_model(model_id))
+    run = retry(lambda: client.get_run(model.source_run_id))
+    metrics = run.data.metrics
+    if "best_fvd" not in metrics:
+        return
+    step = max((m.step for m in retry(lambda: client.get_metric_history(run.info.run_id, "best_fvd"))), default=0)
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(metrics[k]), now, step, model_id=model_id)
+             for k in ("best_fvd", "best_fvd_iteration", "kvd") if k in metrics]
+    retry(lambda: client.log_batch(run.info.run_id, metrics=items))
+    params = {k: run.data.params[k] for k in ("variant", "dataset", "seed") if k in run.data.params}
+    params.update({"trial_run_id": run.info.run_id, **({"sweep": sweep} if sweep else {})})
+    retry(lambda: client.log_model_params(model_id, params))
+
+
 def ui_address(uri: str) -> str:
     """Where the MLflow UI of a tracking store is: the server itself (credentials removed), or for a local
     store the address ``vidgan ui`` (and ``mlflow ui``) listens on by default."""
@@ -746,7 +810,9 @@ class TrialLogger:
         text = trial_description(self.trial.variant_name, self.trial.dataset.name, self.trial.seed, ended, iteration,
                                  best, at, params=params)
         restarts = getattr(self, "restarts", [])
-        return text + (f"\n\n{restart_sentence(restarts)}" if restarts else "")
+        text += f"\n\n{restart_sentence(restarts)}" if restarts else ""
+        version = getattr(self, "glance_version", None)
+        return with_glance(text, self.run_id, version) if version and self.run_id else text
 
     def ranked_keys(self, result: dict[str, float]) -> list[str]:
         """The scores whose best so far each evaluation logs as ``best_<key>`` and ``best_<key>_iteration``: FVD, the
@@ -779,6 +845,7 @@ class TrialLogger:
                 self.best[key] = (value, step)
             if key in self.best:
                 metrics[f"best_{key}"], metrics[f"best_{key}_iteration"] = self.best[key][0], self.best[key][1]
+        metrics.update({f"{SCORES_SECTION}/{k}": metrics[k] for k in SCORE_KEYS if k in metrics})
         return metrics, params
 
     def report(
@@ -804,6 +871,10 @@ class TrialLogger:
             png = folder / f"samples_{step:07d}.png"
             Image.fromarray(strip(samples)).save(png)
             self._append("image", file=self.spool.add_file(png), key=SAMPLES_KEY, step=step, timestamp=now)
+            small = folder / f"latest_{step:07d}.png"
+            Image.fromarray(glance(samples)).save(small)
+            self._append("artifact", file=self.spool.add_file(small), artifact_path="samples", name="latest.png")
+            self.glance_version = f"{step}-{now}"
             grid = enlarge(tile(samples))
             for suffix in (".gif", ".mp4"):
                 video = write_video(grid, folder / f"samples_{step:07d}{suffix}")
