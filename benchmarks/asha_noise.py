@@ -18,7 +18,7 @@ P(rank 1) = the probability that the comparison table (tune_jobs.report.aggregat
 lowest mean. The best variant's place in the spec's order is drawn at random for each sweep.
 
     .venv/bin/python benchmarks/asha_noise.py                      # an earlier demo's layout, 1-3 seeds
-    .venv/bin/python benchmarks/asha_noise.py --seeds 2 --reps 2000 --seed 1          # the README's line for it
+    .venv/bin/python benchmarks/asha_noise.py --seeds 2 --reps 2000 --seed 1          # docs/comparisons.md's line
     .venv/bin/python benchmarks/asha_noise.py --variants 2 --seeds 2 --every 300 --grace 300 --max-t 900 --rf 3 \
         --rules none,best_so_far,mean_last:2 --reps 1000 --seed 1  # today's demo.yaml
     .venv/bin/python benchmarks/asha_noise.py --variants 6 --seeds 3 --every 1 --grace 8 --max-t 64 --rf 2 \

@@ -1,7 +1,7 @@
 """It learns: a tiny GAN trained on the squares, read through the real shard reader, leaves the untrained
 generator's grey noise far behind within a CI-sized budget.
 
-What it checks would fail (see the README's "Does it learn?"): with the critic's loss sign flipped, with the
+What it checks would fail (see docs/does-it-learn.md): with the critic's loss sign flipped, with the
 generator cut off from the critic's gradient, and with real clips reaching the model in [0, 255] instead of
 [-1, 1], each broken in a scratch copy of the code.
 """

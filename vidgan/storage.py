@@ -5,7 +5,7 @@ pyarrow's query string: ``s3://bucket/key?endpoint_override=host:port&scheme=htt
 pyarrow reads. Writing works on local folders and on S3; any other scheme is refused in one line
 (:class:`StorageError`) before anything is written, never turned into a local folder named ``s3:``.
 
-What holds on S3 (README, "Cloud storage"):
+What holds on S3 (docs/cloud-storage.md):
 
 - a file is written whole or not at all: a temporary object beside it, then a server-side move; readers see the
   old object or the new one (an S3 PUT is atomic per object);

@@ -31,7 +31,7 @@ class Variant(BaseModel):
     layer_norm: the critic's layer norm after each of its first four convs, as iVGAN and the paper had it. Off by
       default: a critic that normalises each sample's activations is blind to the sample's overall scale (at
       initialisation, with zero biases, D(a x) = D(x) for every a > 0), so the generator is told nothing about
-      how bright or how contrasted its clips are; see the README's "Does it learn?". ``tune_jobs/paper.yaml``
+      how bright or how contrasted its clips are; see docs/does-it-learn.md. ``tune_jobs/paper.yaml``
       turns it on where the paper had it.
     """
 

