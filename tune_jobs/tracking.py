@@ -51,7 +51,7 @@ TAG_BEST_MODEL = "vidgan.best_model_uri"  # on the parent: the winner's generato
 #: training curves sort into loss/, train/, throughput/ and eval/ sections. The names Tune's schedulers and
 #: searchers read stay flat in the Tune result and keep their names in MLflow: ``fvd``, ``kvd`` and any key not
 #: listed here (the smoothed score and the interval of #11, PBT's ``hp_*``). ``iteration`` is every metric's
-#: step, not a metric of its own. README "Metric names" lists them all.
+#: step, not a metric of its own. docs/tracking.md ("In MLflow") lists them all.
 MLFLOW_METRIC_NAMES = {
     "critic_loss": "loss/critic",
     "wasserstein": "loss/wasserstein",
