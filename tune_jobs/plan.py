@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tune_jobs.spec import SpecError, SweepSpec, load_spec
@@ -22,6 +23,146 @@ def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[i
     """Iterations at which ASHA (one bracket, as Ray computes it) compares trials."""
     count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
     return [int(grace_period * reduction_factor**k) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """A sweep's work when no trial is stopped early (every trial runs to ``max_t``), from its spec alone."""
+
+    trials: int
+    iterations_per_trial: int  # scheduler.max_t
+    evaluations_per_trial: int  # every eval.every iterations, and at max_t
+    concurrency: int  # trials at a time
+
+    @property
+    def iterations(self) -> int:
+        return self.trials * self.iterations_per_trial
+
+    @property
+    def evaluations(self) -> int:
+        return self.trials * self.evaluations_per_trial
+
+    @property
+    def rounds(self) -> int:
+        """Trials one after another on each of the ``concurrency`` slots (the longest slot's count)."""
+        return math.ceil(self.trials / self.concurrency)
+
+    def trial_s(self, iteration_s: float, evaluation_s: float) -> float:
+        return self.iterations_per_trial * iteration_s + self.evaluations_per_trial * evaluation_s
+
+    def wall_s(self, iteration_s: float, evaluation_s: float, fixed_s: float = 0.0) -> float:
+        """Wall time: ``fixed_s`` plus ``rounds`` whole trials one after another (worst-case trials are equally
+        long, so the busiest slot runs ``rounds`` of them)."""
+        return fixed_s + self.rounds * self.trial_s(iteration_s, evaluation_s)
+
+
+def evaluations_per_trial(max_t: int, every: int) -> int:
+    """A trial evaluates (and reports to the scheduler) at every multiple of ``every`` up to ``max_t`` and at
+    ``max_t`` itself (tune_jobs.trainable.train_trial)."""
+    return max_t // every + (1 if max_t % every else 0)
+
+
+def worst_case(spec: SweepSpec, cpus: int | None = None) -> WorstCase:
+    """Every trial to ``max_t`` (what ASHA may decide; FIFO and PBT always do), ``max_concurrent_trials`` at a
+    time, else as many as ``cpus`` (this machine's) fit at ``resources.cpu`` + ``data_cpu`` each."""
+    n, _ = trial_count(spec)
+    if spec.max_concurrent_trials:
+        slots = spec.max_concurrent_trials
+    else:
+        per_trial = spec.resources.cpu + spec.resources.data_cpu
+        slots = max(1, int((cpus or os.cpu_count() or 1) // per_trial)) if per_trial else n
+    return WorstCase(n, spec.scheduler.max_t, evaluations_per_trial(spec.scheduler.max_t, spec.eval.every),
+                     max(1, min(slots, n)))
+
+
+# What a trial costs inside a local sweep beyond the costs timed here alone (measured on the 2-core machine with
+# the demo's spec, two trials at a time: tune_jobs/demo.yaml's header): Ray's own processes and the other trial
+# share the cores, and each evaluation also writes samples, a checkpoint and MLflow records.
+SWEEP_ITERATION_FACTOR = 1.0
+EVALUATION_EXTRA_S = 0.0
+# Ray's start, the dataset's checks, the final table: seconds once per sweep
+SWEEP_FIXED_S = 0.0
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds measured on this machine: one training iteration (mean over the variants), one evaluation (the
+    I3D passes, from a timed pass over 2 clips), the real statistics when not cached yet."""
+
+    iteration_s: float
+    evaluation_s: float
+    real_s: float
+    device: str
+
+
+def _iteration_s(spec: SweepSpec, variant: str, device: str) -> float:
+    """One training iteration of ``variant`` at the spec's batch, after a warm-up (random uint8 clips)."""
+    import time
+
+    import torch
+
+    from vidgan.trainer import Trainer
+
+    trial = spec.trial({"variant": variant, "dataset": spec.datasets[0].name, "seed": spec.seeds[0]})
+    trainer = Trainer(spec.model, trial.variant, trial.train_config, device=device)
+    m, b = spec.model, trial.train_config.batch_size
+    clip = torch.randint(0, 256, (b, m.frames, m.size, m.size, 3), dtype=torch.uint8).permute(0, 4, 1, 2, 3)
+    batches = iter(lambda: clip, None)
+    trainer.train_iteration(batches)  # warm-up: first-call allocations, oneDNN kernels
+    t0 = time.perf_counter()
+    trainer.train_iteration(batches)
+    trainer.train_iteration(batches)
+    return (time.perf_counter() - t0) / 2
+
+
+def measure_costs(spec: SweepSpec, device: str = "cpu") -> Costs:
+    """Time the spec's pieces on this machine at the trials' thread count (a few seconds): two training
+    iterations of each variant (at most three) after a warm-up, and an I3D pass over 2 clips of ``eval.frames``
+    frames after a 1-clip warm-up, scaled to the evaluation's passes (n_fake clips, twice with EMA: the scored
+    generator and the other one) and to the real statistics (n_real clips per dataset)."""
+    import time
+
+    import torch
+
+    from vidgan.fvd.features import extract_features, load_i3d
+
+    threads = spec.resources.threads or max(1, int(spec.resources.cpu))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        variants = spec.variants[:3]
+        iteration = sum(_iteration_s(spec, v, device) for v in variants) / len(variants)
+        ev = spec.eval
+        model = load_i3d(device)
+        clip = torch.rand(2, 3, ev.frames, spec.model.size, spec.model.size, device=device) * 2 - 1
+        extract_features(model, iter([clip[:1]]), 1)
+        t0 = time.perf_counter()
+        extract_features(model, iter([clip]), 2)
+        per_clip = (time.perf_counter() - t0) / 2
+    finally:
+        torch.set_num_threads(before)
+    passes = 2 if spec.train.ema else 1
+    return Costs(iteration, passes * ev.n_fake * per_clip, ev.n_real * per_clip * len(spec.datasets), device)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def estimate_line(spec: SweepSpec, costs: Costs, cached_real: bool = False) -> str:
+    """The worst case's wall time on this machine (an estimate) and what it assumes."""
+    wc = worst_case(spec)
+    iteration_s = costs.iteration_s * SWEEP_ITERATION_FACTOR
+    evaluation_s = costs.evaluation_s + EVALUATION_EXTRA_S
+    fixed = SWEEP_FIXED_S + (0.0 if cached_real else costs.real_s)
+    total = wc.wall_s(iteration_s, evaluation_s, fixed)
+    return (
+        f"wall time, worst case (every trial to {wc.iterations_per_trial} iterations): about {_minutes(total)} on "
+        f"this machine ({costs.device}), an estimate: {wc.trials} trial(s) x ({wc.iterations_per_trial} iterations "
+        f"x {iteration_s:.2f} s + {wc.evaluations_per_trial} evaluations x {evaluation_s:.0f} s), "
+        f"{wc.concurrency} at a time, + {fixed:.0f} s once (Ray, real statistics{' cached' if cached_real else ''}); "
+        f"timed here just now, so it assumes the machine stays as loaded as it was; early stopping only shortens it"
+    )
 
 
 def trial_count(spec: SweepSpec) -> tuple[int, str]:
@@ -126,9 +267,38 @@ def _tracking(spec: SweepSpec) -> str:
     return uri
 
 
-def check(spec_or_path: SweepSpec | str | os.PathLike, address: str | None = None) -> tuple[SweepSpec, list[str]]:
+def _real_cached(spec: SweepSpec, clips: dict[str, int]) -> bool:
+    """Whether every dataset's real I3D statistics are cached already (vidgan.fvd.stats)."""
+    from pyarrow.fs import FileType
+
+    from vidgan import shards
+    from vidgan.fvd.stats import stats_location
+
+    def cached(path: str) -> bool:
+        shard_set = shards.describe(path)
+        where = stats_location(shard_set, spec.eval.n_real, spec.eval.frames)
+        return shard_set.fs.get_file_info(where).type != FileType.NotFound
+
+    try:
+        return all(clips[ds.name] and cached(ds.path) for ds in spec.datasets)
+    except (OSError, ValueError):
+        return False
+
+
+def _estimate(spec: SweepSpec, clips: dict[str, int]) -> str:
+    """The worst case's wall time from costs timed here (local sweeps; a few seconds)."""
+    import torch
+
+    device = "cuda" if spec.resources.gpu != 0 and torch.cuda.is_available() else "cpu"
+    return estimate_line(spec, measure_costs(spec, device), cached_real=_real_cached(spec, clips))
+
+
+def check(
+    spec_or_path: SweepSpec | str | os.PathLike, address: str | None = None, estimate: bool = True
+) -> tuple[SweepSpec, list[str]]:
     """Validate everything a sweep needs short of starting Ray (an ``address`` must answer); return the spec
-    and the plan's lines."""
+    and the plan's lines, with the worst case's estimated wall time on this machine when ``estimate`` (a local
+    sweep: its pieces are timed here, a few seconds)."""
     from tune_jobs import explore
     from tune_jobs.sweep import check_storage, prepare_datasets
 
@@ -165,6 +335,9 @@ def check(spec_or_path: SweepSpec | str | os.PathLike, address: str | None = Non
             + (f", {points} trial(s) from points_to_evaluate first" if points else "")
         )
     lines.append(model)
+    if estimate:
+        lines.append(_estimate(spec, clips) if address is None else
+                     "wall time: not estimated for a cluster (its nodes are not known before the sweep starts)")
     lines.append(f"MLflow: {uri}, experiment {spec.mlflow.experiment}")
     lines.append(f"Tune results and checkpoints: {storage_path}")
     py = ".".join(map(str, sys.version_info[:3]))
