@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from s3_server import list_keys
 
 from vidgan import shards, storage
 from vidgan.files import WriterBusy
@@ -27,9 +28,7 @@ def vidgan(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
-def keys(bucket: str) -> list[str]:
-    name = bucket.removeprefix("s3://")
-    return sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=name).get("Contents", []))
+keys = list_keys
 
 
 def no_local_s3_folder(cwd: Path) -> None:

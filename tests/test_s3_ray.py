@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import boto3
 import pytest
 from mlflow import MlflowClient
 from mlflow_server import Server
-from s3_server import make_bucket
+from s3_server import list_keys, make_bucket
 
 from vidgan import shards
 from vidgan.ingest import IngestConfig, ingest
@@ -34,11 +33,6 @@ def s3_ray(s3_server, tmp_path_factory):
     yield ray
     ray.shutdown()
     os.environ.pop("VIDGAN_CACHE", None)
-
-
-def _keys(bucket: str) -> list[str]:
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket.removeprefix("s3://"))
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
 def test_ray_keeps_small_path_lists_in_the_reading_process():
@@ -116,7 +110,7 @@ def test_a_sweep_keeps_data_tune_state_and_mlflow_artifacts_in_the_bucket(s3_ray
         }
         outcome = run_sweep(parse_spec(raw, base_dir=tmp_path), name="cloud-1", verbose=0)
         assert [r.status for r in outcome.rows] == ["completed"]
-        keys = _keys(bucket)
+        keys = list_keys(bucket)
         assert "data/sq/manifest.json" in keys
         assert any(k.startswith("results/cloud-1/") and "checkpoint_" in k for k in keys), keys
         assert any(k.startswith("mlartifacts/") and k.endswith("spec.yaml") for k in keys), keys
