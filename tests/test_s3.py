@@ -131,6 +131,9 @@ def test_train_resume_and_fvd_checkpoints_on_s3(s3_bucket, tmp_path, cache, monk
     assert read_checkpoint(ckpt)["counters"]["iteration"] == 2  # resumed from the bucket, not a new run
     generator, model = load_generator(ckpt)
     assert model.width == 4 and model.frames == 16
+    from vidgan.fvd.stats import stats_shown
+
+    assert stats_shown(data, 4, 16).startswith(f"{data}/fvd_stats/i3d-k400-")  # said "cached at bucket/..."
     assert "runs/.c.pt.vidgan-lock" not in keys(s3_bucket) and not [k for k in keys(s3_bucket) if "vidgan-tmp" in k]
     no_local_s3_folder(tmp_path)
     capsys.readouterr()
