@@ -18,6 +18,10 @@ from tune_jobs.spec import SweepSpec, load_spec, parse_spec
 MEASURED = plan.Costs(iteration_s=0.245, evaluation_s=2 * 16 * 0.58, real_s=48 * 0.58, device="cpu")
 #: 15 minutes for `make demo` from a fresh clone, of which pip's set-up took ~2 minutes
 DEMO_BUDGET_S = 15 * 60 - 120
+#: the idle machine's worst case must fit 1.5 times over: at load ~3.5 (other engineers' work on the 2 cores) one
+#: iteration took 1.4x as long, and Ray's trials run at nice 15. The old demo (4 x 900 iterations, 634 s idle by
+#: this arithmetic) fails this; one of its fresh-clone runs took 997 s.
+HEADROOM = 1.5
 
 
 def _spec(**changes) -> SweepSpec:
@@ -94,15 +98,15 @@ def test_estimate_line_says_it_is_an_estimate_and_what_it_assumes() -> None:
 
 
 def test_the_demo_fits_its_budget_in_the_worst_case() -> None:
-    """With the costs measured on the 2-core machine, every demo trial run to max_t fits 15 minutes minus the
-    set-up: raising max_t, the seeds or the evaluations' cost past the budget fails here."""
+    """With the costs measured on the idle 2-core machine, every demo trial run to max_t fits 15 minutes minus the
+    set-up with headroom: raising max_t, the seeds or the evaluations' cost past the budget fails here."""
     spec = load_spec(DEMO_SPEC)
     wc = plan.worst_case(spec)
     assert wc.trials == 4 and wc.concurrency == 2
     assert wc.evaluations_per_trial >= 3, "the demo shows evaluations along the way"
     total = wc.wall_s(MEASURED.iteration_s * plan.SWEEP_ITERATION_FACTOR,
                       MEASURED.evaluation_s + plan.EVALUATION_EXTRA_S, plan.SWEEP_FIXED_S + MEASURED.real_s)
-    assert total <= DEMO_BUDGET_S, f"the demo's worst case is {total:.0f} s, over {DEMO_BUDGET_S} s"
+    assert total * HEADROOM <= DEMO_BUDGET_S, f"worst case {total:.0f} s idle, x{HEADROOM} over {DEMO_BUDGET_S} s"
     # the estimate line of the demo states the same figure
     assert f"about {total / 60:.1f} min" in plan.estimate_line(spec, MEASURED)
 

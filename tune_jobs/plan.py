@@ -75,13 +75,17 @@ def worst_case(spec: SweepSpec, cpus: int | None = None) -> WorstCase:
                      max(1, min(slots, n)))
 
 
-# What a trial costs inside a local sweep beyond the costs timed here alone (measured on the 2-core machine with
-# the demo's spec, two trials at a time: tune_jobs/demo.yaml's header): Ray's own processes and the other trial
-# share the cores, and each evaluation also writes samples, a checkpoint and MLflow records.
+# What a local sweep costs beyond the pieces timed here, measured on the 2-core machine (two 2-trial demo sweeps,
+# max_t 60, every 20, at 03:00 UTC on 2026-12-07, load ~2): in the sweep the trials trained as fast as alone (sn
+# 0.19-0.21 s, gp 0.28 s per iteration; timed alone 0.20 and 0.29), an evaluation took 20 s of I3D passes (timed
+# here: 2 x 16 x 0.58 s) and ~0.5 s of samples, checkpoint and MLflow records, a trial's start ~3 s;
+# once per sweep: Python and Ray's start, the MLflow store, the dataset's checks, the final table: 26 s with the
+# data made and its real statistics cached, 48 s + the real statistics (33 s) on the first run (the 2048 squares
+# made, ~5 s). Ray's workers run at nice 15: other users' processes on the machine slow the trials more than
+# they slow the timing here.
 SWEEP_ITERATION_FACTOR = 1.0
-EVALUATION_EXTRA_S = 0.0
-# Ray's start, the dataset's checks, the final table: seconds once per sweep
-SWEEP_FIXED_S = 0.0
+EVALUATION_EXTRA_S = 1.5  # the records' 0.5 s + a trial's start spread over its evaluations
+SWEEP_FIXED_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,8 @@ def estimate_line(spec: SweepSpec, costs: Costs, cached_real: bool = False) -> s
         f"this machine ({costs.device}), an estimate: {wc.trials} trial(s) x ({wc.iterations_per_trial} iterations "
         f"x {iteration_s:.2f} s + {wc.evaluations_per_trial} evaluations x {evaluation_s:.0f} s), "
         f"{wc.concurrency} at a time, + {fixed:.0f} s once (Ray, real statistics{' cached' if cached_real else ''}); "
-        f"timed here just now, so it assumes the machine stays as loaded as it was; early stopping only shortens it"
+        f"costs timed here just now: it assumes the machine stays as loaded as it was (other users' processes slow "
+        f"Ray's trials, at nice 15, more); early stopping only shortens it"
     )
 
 
