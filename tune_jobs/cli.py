@@ -123,10 +123,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # the budget the spec is sized to; the plan's "wall time" line below estimates this machine's worst case
-    print("[vidgan] the demo: sized to 15 minutes for `make demo` from a fresh clone on a 2-core machine (set-up "
-          "~2 min included) even when every trial runs to the end; the plan below estimates it here",
-          file=sys.stderr)
     return _run(DEMO_SPEC, args)
 
 
