@@ -24,7 +24,7 @@ GRID_KEY = "samples/grid"
 #: the latest grid as a plain artifact of the parent
 GRID_FILE = "samples_grid.png"
 ROW_HEIGHT = 176  # pixels of one trial's strip (a 4 x 4 strip of 32-pixel frames is 131 at its native size)
-LABEL_WIDTH = 300
+LABEL_WIDTH = 240
 TITLE_HEIGHT = 34
 GAP = 6
 BACKGROUND = (255, 255, 255)
@@ -56,7 +56,7 @@ def compose(rows: list[tuple[list[str], np.ndarray | None]], title: str) -> np.n
         scaled.append(picture.resize((width, ROW_HEIGHT), Image.Resampling.BOX))
     width = LABEL_WIDTH + max([s.width for s in scaled if s is not None] or [ROW_HEIGHT])
     height = TITLE_HEIGHT + len(rows) * (ROW_HEIGHT + GAP)
-    canvas = Image.new("RGB", (max(width, 640), height), BACKGROUND)
+    canvas = Image.new("RGB", (max(width, 480), height), BACKGROUND)  # the title fits
     draw = ImageDraw.Draw(canvas)
     draw.text((8, 8), title, fill=TEXT, font=_font(18))
     small, big = _font(15), _font(17)

@@ -79,11 +79,11 @@ SAMPLES_KEY = "samples"
 #: what a trial's page shows on first sight (MLflow's image cards open at step 0, under 49 parameters)
 GLANCE_PATH = "samples/latest.png"
 GLANCE_HEIGHT = 100  # pixels, at most: the MLflow UI folds a description after 150
-#: the scores a person sorts trials by, logged a second time under ``Scores/``: the MLflow UI orders a run's chart
-#: sections by name with the unprefixed ones ("Model metrics": ``fvd``, ``kvd``, ...) after every prefixed one, and a
-#: capital sorts before the lower-case prefixes (eval/, loss/, ...), so these come first. The flat names stay, for Tune,
-#: ``vidgan report``, the saved view and the runs table's sorting.
-SCORES_SECTION = "Scores"
+#: the scores a person sorts trials by (the video distances), logged a second time under ``distances/``: the MLflow UI
+#: orders a run's chart sections by name, case aside, with the unprefixed ones ("Model metrics": ``fvd``, ``kvd``, ...)
+#: after every prefixed one, so these come first, before eval/ and loss/ (seen in MLflow 3.17). The flat names stay,
+#: for Tune, ``vidgan report``, the saved view and the runs table's sorting.
+SCORES_SECTION = "distances"
 SCORE_KEYS = ("fvd", "best_fvd", "kvd")
 
 
@@ -420,7 +420,9 @@ def model_scores(uri: str, model_uri: str, sweep: str = "") -> None:
     retry(lambda: client.log_batch(run.info.run_id, metrics=items))
     params = {k: run.data.params[k] for k in ("variant", "dataset", "seed") if k in run.data.params}
     params.update({"trial_run_id": run.info.run_id, **({"sweep": sweep} if sweep else {})})
-    retry(lambda: client.log_model_params(model_id, params))
+    params = {k: v for k, v in params.items() if k not in model.params}  # log_model copies the run's; none twice
+    if params:
+        retry(lambda: client.log_model_params(model_id, params))
 
 
 def ui_address(uri: str) -> str:

@@ -141,7 +141,8 @@ def _serve(uri: str, args: argparse.Namespace) -> int:
     with open(log, "w") as out:
         proc = subprocess.Popen(server_command(uri, args.host, args.port), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
+    # Ctrl-C stops it even where it was started with SIGINT ignored (in the background of a script), and `kill` too
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -166,7 +167,8 @@ def _serve(uri: str, args: argparse.Namespace) -> int:
         print("\nMLflow UI stopped.", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if proc.poll() is None:
             _stop(proc)
 
