@@ -2,6 +2,10 @@
 
     python cluster/rehearse.py            # or: make rehearse
 
+0. ``start_storage`` starts what a cloud cluster shares: an S3 API on localhost (moto's server,
+   cluster/local_s3.py) with the bucket ``vidgan-rehearsal``, and an MLflow server whose artifacts go to that
+   bucket (``--artifacts-destination s3://...``, as cluster.yaml's head runs it). The sweep's dataset, Tune
+   storage and MLflow artifacts all live in the bucket, as on AWS: the cloud path CI runs is the one users run;
 1. ``start_cluster`` starts a Ray head on this machine with the ``fake_multinode`` provider
    (cluster/fake_multinode.yaml): token authentication on (a throw-away token in a scratch folder),
    everything on 127.0.0.1 and on non-default ports, its own --temp-dir, no CPUs or GPUs on the head
@@ -14,8 +18,9 @@
 5. ``teardown`` stops every process it started (found by a marker in their environment; never
    ``ray stop``, which would kill other Ray clusters on the machine) and removes the scratch folder.
 
-Exit status 0 when the job succeeded, at least one worker node was added, and every trial ran on
-a worker node. ``--json PATH`` writes the summary for tests.
+Exit status 0 when the job succeeded, at least one worker node was added, every trial ran on a
+worker node, and the bucket holds the dataset, Tune's checkpoints and MLflow's artifacts.
+``--json PATH`` writes the summary for tests.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # cluster.local_s3 when run as `python cluster/rehearse.py`
 FAKE_CONFIG = REPO / "cluster" / "fake_multinode.yaml"
 SPEC = REPO / "tune_jobs" / "rehearsal.yaml"
 MARKER_VAR = "VIDGAN_REHEARSAL_DIR"
@@ -47,6 +53,7 @@ CLIENT_PORT = 20001
 AGENT_PORT = 28266
 AUTOSCALER_METRICS_PORT = 28267
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+BUCKET = "vidgan-rehearsal"
 
 
 def log(msg: str) -> None:
@@ -58,16 +65,74 @@ def ray_bin() -> str:
     return str(here) if here.exists() else "ray"
 
 
-def write_spec(scratch: Path) -> Path:
-    """tune_jobs/rehearsal.yaml with data, Tune storage and MLflow in the shared scratch folder."""
+def write_spec(scratch: Path, storage: Storage) -> Path:
+    """tune_jobs/rehearsal.yaml with its data and Tune storage in the bucket and MLflow on the server."""
     spec = yaml.safe_load(SPEC.read_text())
     for ds in spec["datasets"]:
-        ds["path"] = str(scratch / "data" / ds["name"])
-    spec["storage_path"] = str(scratch / "tune")  # every fake node shares this disk, like S3
-    spec.setdefault("mlflow", {})["tracking_uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
+        ds["path"] = f"{storage.root}/data/{ds['name']}"
+    spec["storage_path"] = f"{storage.root}/tune"
+    spec.setdefault("mlflow", {})["tracking_uri"] = storage.mlflow
     path = scratch / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+@dataclass
+class Storage:
+    """What every node shares, as on a cloud cluster: the bucket (on a local S3 server) and the MLflow server."""
+
+    endpoint: str  # the S3 API
+    root: str  # s3://vidgan-rehearsal/vidgan
+    mlflow: str  # the tracking server's URI
+    env: dict[str, str]  # what points boto3 and pyarrow at the S3 API
+
+
+def start_storage(scratch: Path) -> Storage:
+    """The local S3 server with the bucket, and an MLflow server that proxies its artifacts to the bucket. Both carry
+    the rehearsal's marker, so :func:`teardown` stops them with the cluster."""
+    from cluster import local_s3
+    from tune_jobs import tracking
+
+    env = {**os.environ, MARKER_VAR: str(scratch)}
+    _, endpoint = local_s3.start_moto(scratch / "moto.log", env=env)
+    s3 = local_s3.s3_env(endpoint)
+    bucket = local_s3.make_bucket(BUCKET, endpoint)
+    port = local_s3.free_port()
+    mlflow = f"http://127.0.0.1:{port}"
+    with open(scratch / "mlflow.log", "ab") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+             f"sqlite:///{scratch / 'mlflow.db'}", "--artifacts-destination", f"{bucket}/vidgan/mlflow",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env={**env, **s3, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=scratch, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 300  # only a broken install takes this long
+    while True:
+        try:
+            tracking.check_health(mlflow, timeout_s=2)
+            break
+        except tracking.TrackingUnavailable:
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = (scratch / "mlflow.log").read_text()[-1500:]
+                raise RuntimeError(f"the MLflow server did not start: {tail}") from None
+            time.sleep(0.5)
+    log(f"S3 API at {endpoint} (bucket {bucket}), MLflow at {mlflow} with its artifacts in {bucket}/vidgan/mlflow")
+    return Storage(endpoint, f"{bucket}/vidgan", mlflow, s3)
+
+
+def bucket_contents(storage: Storage) -> dict[str, int]:
+    """How many objects of each kind the sweep left in the bucket."""
+    from cluster import local_s3
+
+    keys = local_s3.list_keys(BUCKET, storage.endpoint)
+    found = {
+        "dataset_manifests": sum(k.startswith("vidgan/data/") and k.endswith("/manifest.json") for k in keys),
+        "tune_checkpoints": sum(k.startswith("vidgan/tune/") and "/checkpoint_" in k for k in keys),
+        "mlflow_artifacts": sum(k.startswith("vidgan/mlflow/") for k in keys),
+    }
+    log(f"bucket {BUCKET}: {found}")
+    return found
 
 
 def own_pids(scratch: Path) -> list[int]:
@@ -197,14 +262,14 @@ def cluster_env(scratch: Path, token_path: Path) -> dict[str, str]:
     return env
 
 
-def start_cluster(scratch: Path) -> Cluster:
+def start_cluster(scratch: Path, storage: Storage) -> Cluster:
     """`ray start --head` with the fake_multinode autoscaler, token auth, 127.0.0.1 and own ports."""
     token_path = write_token(scratch)
     config = yaml.safe_load(FAKE_CONFIG.read_text())
     gcs_address = config["provider"]["gcs_address"]
     autoscaling_config = scratch / "autoscaling.yaml"
     autoscaling_config.write_text(yaml.safe_dump(config, sort_keys=False))
-    cluster = Cluster(scratch, cluster_env(scratch, token_path), int(gcs_address.rsplit(":", 1)[1]))
+    cluster = Cluster(scratch, {**cluster_env(scratch, token_path), **storage.env}, int(gcs_address.rsplit(":", 1)[1]))
     # The state API (watch_job) runs in this process: same token, same cluster.
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
@@ -231,9 +296,9 @@ def start_cluster(scratch: Path) -> Cluster:
     return cluster
 
 
-def submit_sweep(cluster: Cluster) -> str:
+def submit_sweep(cluster: Cluster, storage: Storage) -> str:
     """`ray job submit --working-dir . -- vidgan sweep <spec>`; returns the submission id."""
-    spec = write_spec(cluster.scratch)
+    spec = write_spec(cluster.scratch, storage)
     entrypoint = ["vidgan", "sweep", str(spec), "--address", "auto"]
     submission_id = f"vidgan-rehearsal-{int(time.time())}"
     log(f"ray job submit: {' '.join(entrypoint)}")
@@ -339,10 +404,13 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {"scratch": str(scratch), "ok": False}
     t0 = time.monotonic()
     try:
-        cluster = start_cluster(scratch)
-        summary["submission_id"] = submission_id = submit_sweep(cluster)
+        storage = start_storage(scratch)
+        cluster = start_cluster(scratch, storage)
+        summary["submission_id"] = submission_id = submit_sweep(cluster, storage)
         watch = watch_job(cluster, submission_id, args.timeout, args.poll)
         summary.update(collect_results(cluster, submission_id, watch))
+        summary["bucket"] = bucket_contents(storage)
+        summary["ok"] = summary["ok"] and all(summary["bucket"].values())
     finally:
         summary["leftover_processes"] = teardown(scratch)
         summary["elapsed_s"] = round(time.monotonic() - t0, 1)

@@ -1,7 +1,7 @@
 """The local rehearsal of the cluster path (cluster/rehearse.py, `make rehearse`) end to end.
 
-Starts a fake autoscaling GPU cluster on this machine (own ports and temp dir), submits the rehearsal
-sweep with `ray job submit`, and tears everything down. Slow (a few minutes on 2 cores) but runs in CI.
+Starts a fake autoscaling GPU cluster on this machine (own ports and temp dir) with its bucket on a local S3
+server, submits the rehearsal sweep with `ray job submit`, and tears everything down. Slow (a few minutes on 2 cores) but runs in CI.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def test_rehearsal_scales_out_runs_trials_on_workers_and_cleans_up(tmp_path: Pat
     # ... and the trials ran on them, never on the head
     placed = [t for t in summary["trials"] if t.get("placed")]
     assert placed and all(t["on_worker"] for t in placed)
+    # the cloud path: the dataset, Tune's checkpoints and MLflow's artifacts (through the server) are in the bucket
+    # of the local S3 server, as cluster.yaml keeps them in the user's bucket
+    bucket = summary["bucket"]
+    assert bucket["dataset_manifests"] >= 1 and bucket["tune_checkpoints"] >= 1 and bucket["mlflow_artifacts"] >= 1
     # `ray job status` / `ray job logs` were fetched through the job API
     assert "succeeded" in summary["job_status_cli"].lower()
     assert summary["job_logs_tail"].strip()

@@ -121,6 +121,8 @@ def test_a_sweep_keeps_data_tune_state_and_mlflow_artifacts_in_the_bucket(s3_ray
 
         again = run_sweep(parse_spec(raw, base_dir=tmp_path), resume=True, verbose=0)
         assert again.parent_run_id == outcome.parent_run_id and [r.status for r in again.rows] == ["completed"]
+        for key in ("sweep/trials", "sweep/iterations_saved_fraction"):  # logged once, not again by the resume
+            assert len(client.get_metric_history(outcome.parent_run_id, key)) == 1, key
     finally:
         server.stop()
 

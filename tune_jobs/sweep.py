@@ -711,7 +711,11 @@ def finish_sweep(spec: SweepSpec, ctx: SweepContext, exp_path: str, results: Any
     metrics: dict[str, float] = {"sweep/trials": len(rows), "sweep/iterations_saved_fraction": saved}
     if finished:
         metrics["sweep/best_fvd"] = min(r.best_fvd for r in finished)
-    parent.log_metrics(metrics, step=0)
+    # `--resume` of a finished sweep finishes it again: log only what is not already there (it logged each twice)
+    logged = tracking.retry(lambda: parent.client.get_run(parent.run_id).data.metrics)
+    metrics = {k: v for k, v in metrics.items() if logged.get(k) != float(v)}
+    if metrics:
+        parent.log_metrics(metrics, step=0)
     parent.set_tags({f"vidgan.trials.{s}": str(sum(r.status == s for r in rows)) for s in report.TRIAL_ENDS})
     describe_sweep(parent, ctx, rows, model_uri, variants)
     parent.finish("FINISHED")
