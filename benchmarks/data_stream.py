@@ -15,6 +15,11 @@ loaded machine does not distort), and the share of its time a consumer that spen
 batch away from Python (``time.sleep``, as a GPU step does) waits for batches::
 
     .venv/bin/python benchmarks/data_stream.py --goals --batch 64 --batches 60
+
+``--s3 URI`` reads the same clips from a bucket too (``--s3 local``: a copy on a local S3 server, moto) and prints
+both readers from local disk and from the bucket, in one run::
+
+    .venv/bin/python benchmarks/data_stream.py --s3 local --batch 64 --batches 40
 """
 
 from __future__ import annotations
@@ -204,6 +209,87 @@ def goals(shards: str, a: argparse.Namespace) -> None:
               f"{verdict(c3 >= 600)} per CPU-second; consumer wait < 5% (Ray): {verdict(waits['Ray Data'] < 0.05)}")
 
 
+def publish_copy(shards: str, remote: str) -> None:
+    """Copy a local shard directory to ``remote`` as `vidgan ingest --out s3://...` leaves it: shards, manifest last."""
+    from vidgan import storage
+
+    folder = Path(shards)
+    for p in sorted(folder.glob("shard-*.parquet")):
+        storage.upload_file(p, storage.child(remote, p.name))
+    storage.upload_file(folder / "manifest.json", storage.child(remote, "manifest.json"))
+
+
+def raw_read(uri: str) -> tuple[int, float]:
+    """(bytes, seconds) to read every shard of a dataset whole, twice (the second pass timed): what the storage
+    itself delivers, without decoding."""
+    from vidgan import shards as shard_mod
+    from vidgan.files import resolve_fs
+
+    shard_set = shard_mod.describe(uri)
+    fs, _ = resolve_fs(uri)
+
+    def read_all() -> int:
+        total = 0
+        for path in shard_set.files:
+            with fs.open_input_stream(path) as f:
+                while block := f.read(8 << 20):
+                    total += len(block)
+        return total
+
+    read_all()
+    t0 = time.perf_counter()
+    size = read_all()
+    return size, time.perf_counter() - t0
+
+
+def cloud(shards: str, a: argparse.Namespace, tmp: Path) -> None:
+    """``--s3``: both readers on the same dataset on local disk and in a bucket, in one run: clips/s and the share of
+    its time a consumer spending ``--consumer-ms`` per batch waits. With ``--s3 local`` the bucket is on a local S3
+    server (moto), which is not AWS: the ratio shows what our reader adds over a local disk, not S3's speed."""
+    import os
+
+    from vidgan.data import arrow_clip_batches
+
+    proc, remote = None, a.s3
+    if remote == "local":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from cluster import local_s3
+
+        proc, endpoint = local_s3.start_moto(tmp / "moto.log")
+        os.environ.update(local_s3.s3_env(endpoint))
+        remote = local_s3.make_bucket("vidgan-bench") + "/bench"
+        publish_copy(shards, remote)
+    try:
+        cpu, n, b, step = CpuClock(), a.batches, a.batch, a.consumer_ms / 1e3
+        print(f"{a.clips} clips of 32x64x64x3 (lz4 shards), batch {b}, {n} batches; S3 copy at {remote}; "
+              f"load {os.getloadavg()}")
+        print(f"{'reader':40s} {'where':10s} {'clips/s':>8s} {'per CPU-s':>9s} {'max gap':>8s} {'consumer waits':>15s}")
+        readers = [("pyarrow reader as trained", lambda uri: arrow_clip_batches(uri, b, seed=0, flip=True))]
+        if not a.no_ray:
+            import ray
+
+            from vidgan.ray_stream import ray_clip_batches
+
+            ray.init(num_cpus=a.ray_cpus, include_dashboard=False, log_to_driver=False)
+            readers.append((f"Ray Data stream ({a.ray_cpus} CPU)",
+                            lambda uri: ray_clip_batches(uri, b, seed=0, flip=True)))
+        for where, uri in (("local disk", shards), ("S3", remote)):  # the ceiling: the shards' bytes, read whole
+            size, seconds = raw_read(uri)
+            clip_bytes = size / a.clips
+            print(f"{'raw bytes (fs.open_input_stream)':40s} {where:10s} {size / seconds / clip_bytes:8.0f} "
+                  f"{'':9s} {'':8s} {'':15s} ({size / seconds / 2**20:.0f} MiB/s)")
+        for name, make in readers:
+            for where, uri in (("local disk", shards), ("S3", remote)):
+                r, c, g = measure(make(uri), n, b, cpu)
+                w = consumer_wait(make(uri), n, step)
+                print(f"{name:40s} {where:10s} {r:8.0f} {c:9.0f} {g * 1e3:6.0f}ms {100 * w:13.1f}%")
+        if not a.no_ray:
+            ray.shutdown()
+    finally:
+        if proc is not None:
+            local_s3.stop(proc)
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -221,7 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--goals", action="store_true", help="per-core clips/s of both readers and the consumer wait")
     ap.add_argument("--consumer-ms", type=float, default=40.0, help="with --goals: the consumer's time per batch")
+    ap.add_argument("--s3", metavar="URI", help="also read the dataset from this s3:// folder (`local`: a local S3 "
+                    "server with a copy of it) and print both readers from the bucket beside local disk")
     a = ap.parse_args(argv)
+    if a.s3:
+        with tempfile.TemporaryDirectory() as tmp:
+            shards, _ = make_data(Path(tmp), a.clips)
+            cloud(shards, a, Path(tmp))
+        return 0
     if a.goals:
         with tempfile.TemporaryDirectory() as tmp:
             shards, _ = make_data(Path(tmp), a.clips)
