@@ -1,7 +1,8 @@
 """The local rehearsal of the cluster path (cluster/rehearse.py, `make rehearse`) end to end.
 
 Starts a fake autoscaling GPU cluster on this machine (own ports and temp dir) with its bucket on a local S3
-server, submits the rehearsal sweep with `ray job submit`, and tears everything down. Slow (a few minutes on 2 cores) but runs in CI.
+server, submits the rehearsal sweep with `ray job submit`, and tears everything down. Slow (a few minutes on 2
+cores) but runs in CI.
 """
 
 from __future__ import annotations
