@@ -19,6 +19,7 @@ import random
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -361,14 +362,14 @@ class Trainer:
                 group["lr"] = lr
                 group["betas"] = tuple(cfg.betas)
 
-    def save(self, path: str | os.PathLike) -> str:
-        """Write a checkpoint whole or not at all, to a local path (:func:`vidgan.files.atomic_write`) or an
-        object-store URI (:func:`vidgan.storage.write_bytes`); returns where."""
+    def save(self, path: str | os.PathLike) -> Path | str:
+        """Write a checkpoint whole or not at all, to a local path (:func:`vidgan.files.atomic_write`; returns its
+        Path) or an object-store URI (:func:`vidgan.storage.write_bytes`; returns the URI)."""
         state = self.state_dict()
         if storage.is_remote(path):
             storage.write_bytes(str(path), storage.torch_bytes(state))
             return str(path)
-        return str(atomic_write(storage.local_path(path), lambda f: torch.save(state, f)))
+        return atomic_write(storage.local_path(path), lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Trainer:
