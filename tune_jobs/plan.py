@@ -112,7 +112,8 @@ def _iteration_s(spec: SweepSpec, variant: str, device: str) -> float:
     m, b = spec.model, trial.train_config.batch_size
     clip = torch.randint(0, 256, (b, m.frames, m.size, m.size, 3), dtype=torch.uint8).permute(0, 4, 1, 2, 3)
     batches = iter(lambda: clip, None)
-    trainer.train_iteration(batches)  # warm-up: first-call allocations, oneDNN kernels
+    for _ in range(2):  # warm-up: first-call allocations, oneDNN's kernels (the first variant's first one ~1 s)
+        trainer.train_iteration(batches)
     t0 = time.perf_counter()
     trainer.train_iteration(batches)
     trainer.train_iteration(batches)
@@ -120,10 +121,10 @@ def _iteration_s(spec: SweepSpec, variant: str, device: str) -> float:
 
 
 def measure_costs(spec: SweepSpec, device: str = "cpu") -> Costs:
-    """Time the spec's pieces on this machine at the trials' thread count (a few seconds): two training
-    iterations of each variant (at most three) after a warm-up, and an I3D pass over 2 clips of ``eval.frames``
-    frames after a 1-clip warm-up, scaled to the evaluation's passes (n_fake clips, twice with EMA: the scored
-    generator and the other one) and to the real statistics (n_real clips per dataset)."""
+    """Time the spec's pieces on this machine at the trials' thread count (~5 s on 2 cores): two training
+    iterations of each variant (at most three) after two warm-up ones, and an I3D pass over 2 clips of
+    ``eval.frames`` frames after a 1-clip warm-up, scaled to the evaluation's passes (n_fake clips, twice with
+    EMA: the scored generator and the other one) and to the real statistics (n_real clips per dataset)."""
     import time
 
     import torch
