@@ -313,11 +313,13 @@ def test_samples_at_a_glance_scores_first_best_fvd_on_the_model(data: Path, stor
         cell = last[top : top + sample_grid.ROW_HEIGHT, sample_grid.LABEL_WIDTH : sample_grid.LABEL_WIDTH + width]
         assert np.array_equal(cell, expected), (trial, seed)
 
-    # the best FVD on the logged model's page: a model of sn's run gets its best_fvd as a model metric
+    # the best FVD on the logged model's page: a model of sn's run gets its best_fvd as a model parameter
     model = client.create_logged_model(ctx.experiment_id, name="generator", source_run_id=runs["t1"])
     client.log_model_params(model.model_id, {"variant": "sn"})  # as log_model copies the run's parameters
+    before = {k: client.get_metric_history(runs["t1"], k) for k in ("best_fvd", "kvd")}
     tracking.model_scores(ctx.tracking_uri, f"models:/{model.model_id}", ctx.sweep)
     logged = client.get_logged_model(model.model_id)
-    assert {m.key: m.value for m in logged.metrics}["best_fvd"] == 12.0
+    assert logged.params["best_fvd"] == "12" and logged.params["best_fvd_iteration"] == "4"
     assert logged.params["variant"] == "sn" and logged.params["sweep"] == ctx.sweep
-    assert client.get_run(runs["t1"]).data.metrics["best_fvd"] == 12.0  # the run's own value is unchanged
+    # the run's own history is unchanged: a metric logged for a model lands in its source run's history too
+    assert {k: client.get_metric_history(runs["t1"], k) for k in ("best_fvd", "kvd")} == before

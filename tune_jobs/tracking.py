@@ -403,9 +403,10 @@ def glance(samples: np.ndarray, height: int = GLANCE_HEIGHT) -> np.ndarray:
 
 def model_scores(uri: str, model_uri: str, sweep: str = "") -> None:
     """Put the best FVD on the page of a logged model (``models:/<id>``, as :func:`log_generator` returns): its source
-    run's ``best_fvd`` (and iteration, ``kvd``) logged again as metrics of the model (``model_id``, at the step of the
-    run's latest, so that the run's own values do not change), and the trial's variant, dataset and seed as the model's
-    parameters."""
+    run's ``best_fvd``, its iteration and ``kvd``, with the trial's variant, dataset and seed, as the model's
+    parameters. Not as model metrics: MLflow records a metric logged for a model in its source run's history too, so
+    the trial's run would hold ``best_fvd`` and ``kvd`` twice at one step (tests/test_tracking_outage.py compares that
+    history with what Tune received)."""
     client = MlflowClient(uri)
     model_id = model_uri.rsplit("/", 1)[-1]
     model = retry(lambda: client.get_logged_model(model_id))
@@ -413,12 +414,8 @@ def model_scores(uri: str, model_uri: str, sweep: str = "") -> None:
     metrics = run.data.metrics
     if "best_fvd" not in metrics:
         return
-    step = max((m.step for m in retry(lambda: client.get_metric_history(run.info.run_id, "best_fvd"))), default=0)
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(metrics[k]), now, step, model_id=model_id)
-             for k in ("best_fvd", "best_fvd_iteration", "kvd") if k in metrics]
-    retry(lambda: client.log_batch(run.info.run_id, metrics=items))
-    params = {k: run.data.params[k] for k in ("variant", "dataset", "seed") if k in run.data.params}
+    params = {k: f"{metrics[k]:.6g}" for k in ("best_fvd", "best_fvd_iteration", "kvd") if k in metrics}
+    params.update({k: run.data.params[k] for k in ("variant", "dataset", "seed") if k in run.data.params})
     params.update({"trial_run_id": run.info.run_id, **({"sweep": sweep} if sweep else {})})
     params = {k: v for k, v in params.items() if k not in model.params}  # log_model copies the run's; none twice
     if params:
