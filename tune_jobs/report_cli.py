@@ -27,21 +27,21 @@ def _installed(name: str) -> bool:
         return False
 
 
-def _store_exists(uri: str) -> bool:
-    """A local SQLite store must exist: reading one must not create an empty one."""
-    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
+def require_store(uri: str, user: str) -> None:
+    """Refuse (``TrackingUnavailable``) a local SQLite store that a command which only reads or serves it (``user``:
+    "a report only reads") must not create or change: a missing file (opening it would make an empty store), or an
+    empty (0-byte) one, which holds no sweep and would get MLflow's tables written into it."""
+    from tune_jobs import tracking
 
-
-def _empty_store(uri: str) -> str | None:
-    """Why a local SQLite store that exists but is empty (0 bytes) is refused, or None: it holds no sweep, and
-    opening it would write MLflow's tables into a file the user may have made for something else."""
     if not uri.startswith("sqlite:///"):
-        return None
+        return
     path = Path(uri[len("sqlite:///") :])
-    if path.is_file() and path.stat().st_size == 0:
-        return (f"MLflow store {uri}: {path} is an empty file (0 bytes), not an MLflow store: it holds no sweep; "
-                "left untouched (a report only reads)")
-    return None
+    if not path.is_file():
+        raise tracking.TrackingUnavailable(f"no MLflow store at {uri} (give --tracking-uri, or run where the "
+                                           "sweep's mlflow.db is)")
+    if path.stat().st_size == 0:
+        raise tracking.TrackingUnavailable(f"MLflow store {uri}: {path} is an empty file (0 bytes), not an MLflow "
+                                           f"store: it holds no sweep; left untouched ({user})")
 
 
 def _out_folder(out: str, names: tuple[str, ...], overwrite: bool) -> Path:
@@ -168,12 +168,7 @@ def _report(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to errors
     try:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
-        if not _store_exists(uri):
-            raise tracking.TrackingUnavailable(f"no MLflow store at {uri} (give --tracking-uri, or run where the "
-                                               "sweep's mlflow.db is)")
-        empty = _empty_store(uri)
-        if empty:
-            raise tracking.TrackingUnavailable(empty)
+        require_store(uri, "a report only reads")
         tracking.check_tracking(uri)
         with tempfile.TemporaryDirectory(prefix="vidgan-report-") as tmp:
             (_compare if args.compare else _one)(args, uri, Path(tmp))

@@ -192,9 +192,9 @@ def _ui(args: argparse.Namespace) -> int:
             print(f"{what}: {url}")
             _open(url, args.browser)
             return 0
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-            raise tracking.TrackingUnavailable(f"no MLflow store at {uri} (give --tracking-uri, or run where the "
-                                               "sweep's mlflow.db is)")
+        from tune_jobs.report_cli import require_store
+
+        require_store(uri, "the UI serves a sweep's store")
         tracking.check_tracking(uri)
         return _serve(uri, args)
     except (history.SweepNotFound, tracking.TrackingUnavailable, OSError, MlflowException) as exc:
