@@ -237,7 +237,8 @@ def tune_storage(uri: str) -> tuple[str, Any]:
     (``s3://b/p?endpoint_override=...``) goes as its filesystem and path: Tune appends the sweep's name to the
     path, which after a query would land inside it (``scheme=http/<name>``)."""
     if vidgan_storage.is_remote(uri) and "?" in uri:
-        return vidgan_storage.resolve(uri)[::-1]
+        fs, path = resolve_fs(uri)
+        return path, fs
     return uri, None
 
 

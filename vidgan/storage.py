@@ -31,13 +31,10 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from vidgan.files import LOCK_SUFFIX, TMP_SUFFIX, WriterBusy, redact_uri, split_userinfo
-
-if TYPE_CHECKING:
-    import pyarrow.fs as pafs
+from vidgan.files import LOCK_SUFFIX, TMP_SUFFIX, WriterBusy, redact_uri, resolve_fs, split_userinfo
 
 #: URI schemes vidgan writes to (besides local paths and file://)
 WRITABLE_SCHEMES = ("s3",)
@@ -92,29 +89,18 @@ def check_writable_scheme(location: str, what: str) -> None:
         )
 
 
-def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) of a location; OSError/ValueError from pyarrow for a URI it cannot parse."""
-    import pyarrow.fs as pafs
-
-    text = str(location)
-    if is_remote(text):
-        fs, path = pafs.FileSystem.from_uri(text)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local_path(text)))
-
-
 def exists(location: str) -> bool:
     """Whether a file (or folder) exists at ``location``."""
     import pyarrow.fs as pafs
 
-    fs, path = resolve(location)
+    fs, path = resolve_fs(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def is_file(location: str) -> bool:
     import pyarrow.fs as pafs
 
-    fs, path = resolve(location)
+    fs, path = resolve_fs(location)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
@@ -125,7 +111,7 @@ def read_bytes(location: str) -> bytes:
     if not is_remote(location):
         with open(local_path(location), "rb") as f:
             return f.read()
-    fs, path = resolve(location)
+    fs, path = resolve_fs(location)
     kind = fs.get_file_info(path).type
     if kind == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{redact_uri(location)} does not exist")
@@ -143,13 +129,13 @@ def write_bytes(location: str, data: bytes) -> None:
         atomic_write_bytes(local_path(location), data)
         return
     check_writable_scheme(location, "file")
-    fs, path = resolve(location)
+    fs, path = resolve_fs(location)
     atomic_write_fs(fs, path, data)
 
 
 def upload_file(local: str | os.PathLike[str], location: str, chunk: int = 8 << 20) -> None:
     """Copy a local file to ``location`` whole or not at all, streaming (temp object, then a move)."""
-    fs, path = resolve(location)
+    fs, path = resolve_fs(location)
     folder, name = path.rsplit("/", 1)
     tmp = f"{folder}/.{name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     try:
@@ -174,7 +160,7 @@ def remove_stale_temps(location: str) -> list[str]:
     folder, name = parent_and_name(location)
     if not is_remote(location):
         return remove_local(local_path(folder) or "/", name)
-    fs, path = resolve(folder)
+    fs, path = resolve_fs(folder)
     removed = []
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
         if info.type == pafs.FileType.File and is_own_temp(info.base_name, name):
@@ -204,7 +190,7 @@ def probe_writable(folder: str, what: str) -> None:
         return
     check_writable_scheme(folder, what)
     try:
-        fs, path = resolve(folder)
+        fs, path = resolve_fs(folder)
     except (OSError, ValueError) as exc:
         raise StorageError(f"{what} {redact_uri(folder)}: not a usable URI ({' '.join(str(exc).split())})") from None
     probe = f"{path}/{PROBE_PREFIX}{uuid.uuid4().hex}"

@@ -174,8 +174,8 @@ def _locked(args: argparse.Namespace, run: Run) -> int:
         # --resume through a symbolic link to a checkpoint: save to (and claim) the file it names; the link stays
         args.checkpoint = os.path.realpath(here)
     ckpt = run.checkpoint = args.checkpoint
-    if storage.is_remote(ckpt):  # an unwritable scheme, a missing bucket or a denied write: one line, nothing written
-        storage.probe_writable(storage.parent_and_name(ckpt)[0], "--checkpoint")
+    # on an object store: an unwritable scheme, a missing bucket or a denied write is one line, before anything
+    storage.probe_writable(storage.parent_and_name(ckpt)[0], "--checkpoint")
     advice = "wait for it to finish (or stop it), or train into another --checkpoint"
     with storage.claim(ckpt, command="vidgan train", advice=advice):
         stale = storage.remove_stale_temps(ckpt)

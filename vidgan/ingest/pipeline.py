@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from vidgan import storage
-from vidgan.files import TMP_SUFFIX, cache_dir, sha256_file, writer_lock
+from vidgan.files import TMP_SUFFIX, cache_dir, resolve_fs, sha256_file, writer_lock
 from vidgan.progress import progress
 from vidgan.shards import MANIFEST_NAME, SCHEMA_VERSION, ShardError, check_shard_name, verify_file
 
@@ -299,8 +299,7 @@ def _ingest_remote(sources: list[str], made: list[SourceFile], out: str, cfg: In
     prefix). One writer at a time: an S3 lease object (:func:`vidgan.storage.claim`)."""
     shown = storage.redact_uri(out)
     try:
-        storage.check_writable_scheme(out, "--out")
-        storage.probe_writable(out, "--out")
+        storage.probe_writable(out, "--out")  # its scheme, the bucket, the right to write
     except storage.StorageError as e:
         raise IngestError(str(e)) from None
     advice = "wait for it to finish, then run this command again"
@@ -327,7 +326,7 @@ def _publish(stage: Path, out: str, manifest: dict[str, Any]) -> None:
     """Upload the staged shards that ``out`` lacks (same name and size), then the manifest, last."""
     import pyarrow.fs as pafs
 
-    fs, root = storage.resolve(out)
+    fs, root = resolve_fs(out)
     have = {i.base_name: i.size for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
             if i.type == pafs.FileType.File}
     entries = manifest["shards"]
