@@ -7,22 +7,38 @@ Both networks get the same preprocessed [B, 3, T, 224, 224] tensor under ``torch
 off; cd-fvd's model (``cdfvd.third_party.i3d.pytorch_i3d.InceptionI3d``, same architecture) keeps random
 weights, which do not change its speed, and nothing is downloaded. The two are timed alternately (median of
 ``--iters`` rounds) so that load from other processes affects both alike. ``end-to-end`` adds our
-preprocessing (TF1 legacy resize of 64x64 uint8 frames to 224).
+preprocessing (TF1 legacy resize of 64x64 uint8 frames to 224). ``vidgan I3D, torch max_pool3d`` is our
+network with PyTorch's ``F.max_pool3d`` put back in place of :func:`vidgan.fvd.i3d.max_pool3d` (on the CPU
+three 1D maxima, the same numbers); its outputs are checked equal to ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vidgan.fvd import frechet_distance, load_i3d
+from vidgan.fvd import i3d as i3d_module
 from vidgan.fvd.distance import feature_stats, frechet_distance_from_stats
 from vidgan.fvd.i3d import no_tf32
+
+
+@contextlib.contextmanager
+def torch_max_pool() -> Iterator[None]:
+    """Our I3D with PyTorch's own ``F.max_pool3d`` (the pooling before vidgan's CPU path)."""
+    ours = i3d_module.max_pool3d
+    i3d_module.max_pool3d = lambda x, kernel, stride, padding=0: F.max_pool3d(x, kernel, stride, padding=padding)
+    try:
+        yield
+    finally:
+        i3d_module.max_pool3d = ours
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -50,6 +66,7 @@ def bench_i3d(args: argparse.Namespace, device: torch.device) -> None:
     cases: dict[str, Callable[[], object]] = {
         "vidgan I3D": lambda: ours(x),
         "cd-fvd I3D": lambda: theirs(x),
+        "vidgan I3D, torch max_pool3d": lambda: _with_torch_pool(ours, x),
         "vidgan end-to-end (64x64 uint8 -> features)": lambda: ours.features(raw),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -65,8 +82,17 @@ def bench_i3d(args: argparse.Namespace, device: torch.device) -> None:
         print(f"  {name:<45s} {args.batch / med:8.2f} clips/s  ({med * 1000:8.1f} ms/batch)")
     ratio = statistics.median(times["cd-fvd I3D"]) / statistics.median(times["vidgan I3D"])
     print(f"  speed-up of vidgan over cd-fvd: {ratio:.2f}x")
+    pool = statistics.median(times["vidgan I3D, torch max_pool3d"]) / statistics.median(times["vidgan I3D"])
+    with torch.inference_mode(), no_tf32():
+        same = torch.equal(ours(x), _with_torch_pool(ours, x))
+    print(f"  speed-up of vidgan's max pool over torch's: {pool:.2f}x (same logits: {same})")
     if device.type == "cuda":
         print(f"  peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+
+
+def _with_torch_pool(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch_max_pool():
+        return net(x)
 
 
 def bench_frechet(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ Layout: PyTorch's ``[B, C, T, H, W]``. Differences from a naive port that matter
 For speed the BatchNorm of every unit is folded into its convolution at load time
 (``w * rsqrt(var + eps)``, ``beta - mean * rsqrt(var + eps)``: the same function, float32 rounding aside),
 and in each Inception block the three 1x1 convolutions that read the block input are run as one.
+On the CPU a 3D max pool runs as three 1D maxima (:func:`max_pool3d`): the same numbers, faster.
 """
 
 from __future__ import annotations
@@ -77,9 +78,27 @@ class Unit3D(nn.Module):
         return F.relu(y, inplace=True) if self.relu else y
 
 
+def max_pool3d(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int],
+               padding: int = 0) -> torch.Tensor:
+    """``F.max_pool3d`` of ``[B, C, T, H, W]`` (zero ``padding``; every pool input here follows a ReLU, so zeros
+    give what -inf would). On the CPU a maximum over a box is the maximum over W, then H, then T: three strided
+    reductions give exactly the numbers of PyTorch's CPU kernel, which also finds the index of every maximum,
+    and make the whole I3D ~1.5x faster on one thread (``benchmarks/fvd.py`` prints both). On a GPU, PyTorch's
+    own kernel."""
+    if x.is_cuda:
+        return F.max_pool3d(x, kernel, stride, padding=padding)
+    if padding:
+        x = F.pad(x, (padding,) * 6)
+    for dim in (4, 3, 2):
+        k, s = kernel[dim - 2], stride[dim - 2]
+        if k > 1 or s > 1:
+            x = x.unfold(dim, k, s).amax(-1)
+    return x
+
+
 def _max_pool_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
     # TF pads with -inf; every pool input follows a ReLU (>= 0), so zero padding gives the same maxima.
-    return F.max_pool3d(_pad_same(x, kernel, stride), kernel, stride)
+    return max_pool3d(_pad_same(x, kernel, stride), kernel, stride)
 
 
 class Inception(nn.Module):
@@ -95,7 +114,7 @@ class Inception(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b0, b1, b2 = torch.split(self.stem(x), self.split, dim=1)
-        b3 = self.b3(F.max_pool3d(x, 3, 1, padding=1))  # symmetric SAME; -inf padding is harmless after ReLU
+        b3 = self.b3(max_pool3d(x, (3, 3, 3), (1, 1, 1), padding=1))  # symmetric SAME; zeros do as -inf after ReLU
         return torch.cat([b0, self.b1(b1), self.b2(b2), b3], dim=1)
 
 
