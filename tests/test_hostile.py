@@ -1,5 +1,6 @@
 """Hostile inputs (#12): nothing is lost, damaged data is caught before use, and every command answers a bad
-input with one line on stderr naming the file, exit status 2 and no traceback (CLIs run as subprocesses).
+input with one line on stderr naming the file, exit status 2 and no traceback (CLIs run as processes of their own,
+forked from a server that has imported torch and MLflow once: :mod:`warm_cli`).
 
 Real files throughout: videos encoded with PyAV, shards written by ``vidgan ingest``, checkpoints by torch.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm_cli
 from videogen import write_video
 
 from vidgan.ingest import IngestConfig, ingest
@@ -33,30 +35,14 @@ TRAIN = ["--width", "4", "--batch-size", "2", "--n-critic", "1", "--iterations",
 
 def cli_many(*argvs: list[str], env: dict[str, str] | None = None, memory_gib: float | None = None,
              timeout: float = 180) -> list[subprocess.CompletedProcess]:
-    """Run ``python -m tune_jobs.main ARGV`` (``vidgan ARGV``) for each argv at once (processes overlap their
-    imports); ``env`` adds to the environment; ``memory_gib`` caps each process's address space (a runaway
-    allocation fails, it cannot take the machine's memory)."""
+    """Run ``python -m tune_jobs.main ARGV`` (``vidgan ARGV``) for each argv at once, each its own process (forked
+    from a server that has torch and MLflow imported, :mod:`warm_cli`); ``env`` adds to the environment;
+    ``memory_gib`` caps each process's address space (a runaway allocation fails, it cannot take the machine's
+    memory)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})}
-    cap = None
-    if memory_gib is not None:
-        import resource
-
-        limit = int(memory_gib * 2**30)
-
-        def cap() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    procs = [subprocess.Popen([sys.executable, "-m", "tune_jobs.main", *map(str, a)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env, preexec_fn=cap) for a in argvs]
-    out = []
-    for p, a in zip(procs, argvs, strict=True):
-        try:
-            stdout, stderr = p.communicate(timeout=timeout)
-        finally:
-            if p.poll() is None:
-                p.kill()
-        out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
-    return out
+    rlimits = {} if memory_gib is None else {"RLIMIT_AS": int(memory_gib * 2**30)}
+    procs = [warm_cli.popen("tune_jobs.main", a, env=env, rlimits=rlimits) for a in argvs]
+    return [warm_cli.finish(p, timeout) for p in procs]
 
 
 def refused(r: subprocess.CompletedProcess, *names: str) -> str:
@@ -759,13 +745,11 @@ def test_full_disk_during_a_save_is_one_line(data: Path, tmp_path: Path) -> None
         left = (report / "ls").read_text().split()
         assert "the disk is full" in err, err
     else:
-        import resource
         import shutil as sh
 
         sh.copy(ck, disk / "ck.pt")
         limit = ck.stat().st_size // 2
-        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
-                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        p = warm_cli.run("vidgan.cli", argv[3:], env=env, rlimits={"RLIMIT_FSIZE": limit}, timeout=120)
         err, rc, left = p.stderr, p.returncode, os.listdir(disk)
         sh.copy(disk / "ck.pt", report / "ck.pt")
     line = refused(subprocess.CompletedProcess(argv, rc, "", err), disk / "ck.pt", "could not save checkpoint",
@@ -790,7 +774,7 @@ def test_ctrl_c_during_ingest_is_one_line_and_resumes(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "vidgan.cli", "ingest", str(src), "--out", str(out), "--frames", "16",
             "--size", "32", "--shard-mb", "0.01", "--parallel", "local"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = warm_cli.popen("vidgan.cli", argv[3:], env=env)  # its own process, signalled below
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and p.poll() is None:
         try:
@@ -805,7 +789,7 @@ def test_ctrl_c_during_ingest_is_one_line_and_resumes(tmp_path: Path) -> None:
     line = [x for x in stderr.splitlines() if "source(s) to decode" not in x]
     assert "Traceback" not in stderr and len(line) == 1, stderr
     assert "interrupted" in line[0] and "keeps 2 whole shard(s)" in line[0] and "run the same command again" in line[0]
-    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    again = warm_cli.run("vidgan.cli", argv[3:], env=env, timeout=300)
     assert again.returncode == 0 and "2 already in the manifest" in again.stderr, again.stderr
     assert sorted(read_manifest(str(out))["sources"]) == ["a0.mp4", "a1.mp4", "b_long.mp4", "c.mp4"]
 
