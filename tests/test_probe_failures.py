@@ -1,8 +1,8 @@
 """The hostile probe of cb3a639 (#30), items 5, 6, 7, 9, 10 and 11: an alias bomb in an override, the FVD
 evaluation's memory, broken plug-ins, an unusable ``$VIDGAN_CACHE``, odd values in a report's store, and full disks.
 
-Every expected failure is one line naming what was wrong; CLIs run as subprocesses (``python -m tune_jobs.main``)
-where a traceback or a hang is what the probe saw.
+Every expected failure is one line naming what was wrong; CLIs run as processes of their own (``python -m
+tune_jobs.main``, forked from a warm server: :mod:`warm_cli`) where a traceback or a hang is what the probe saw.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import warm_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a deadline only a hang reaches (the refusals below answer in about a second, imports included)
@@ -23,21 +23,13 @@ HANG_S = 120
 
 def vidgan(*argv: object, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = HANG_S,
            memory_gib: float | None = None) -> subprocess.CompletedProcess:
-    """``vidgan ARGV`` in a fresh process (``python -m tune_jobs.main``), with ``env`` added to the environment;
-    ``memory_gib`` caps its address space (``ulimit -v``: what vidgan.budget takes as the memory there is)."""
+    """``vidgan ARGV`` in a process of its own (``python -m tune_jobs.main``, forked from a server that has imported
+    torch and MLflow: :mod:`warm_cli`), with ``env`` added to the environment; ``memory_gib`` caps its address space
+    (``ulimit -v``: what vidgan.budget takes as the memory there is)."""
     path = os.pathsep.join(p for p in (str(ROOT), (env or {}).get("PYTHONPATH", "")) if p)
     full = {**os.environ, **(env or {}), "PYTHONPATH": path}
-    cap = None
-    if memory_gib is not None:
-        import resource
-
-        limit = int(memory_gib * 2**30)
-
-        def cap() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "tune_jobs.main", *map(str, argv)], capture_output=True, text=True,
-                          env=full, cwd=cwd, timeout=timeout, preexec_fn=cap)
+    rlimits = {} if memory_gib is None else {"RLIMIT_AS": int(memory_gib * 2**30)}
+    return warm_cli.run("tune_jobs.main", argv, env=full, cwd=cwd, rlimits=rlimits, timeout=timeout)
 
 
 def one_line(r: subprocess.CompletedProcess, *words: str, progress: str | None = None) -> str:
