@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import warm_cli
 
 from tune_jobs import spool
 from vidgan.files import WriterBusy, atomic_write_bytes, lock_path, writer_lock
@@ -345,9 +346,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(*argv: str | Path) -> subprocess.CompletedProcess:
+    """``vidgan train ARGV`` in a process of its own, forked from a server with torch imported (:mod:`warm_cli`)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tune_jobs.main", "train", *map(str, argv), "--device", "cpu"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    return warm_cli.run("tune_jobs.main", ["train", *argv, "--device", "cpu"], env=env, cwd=ROOT, timeout=300)
 
 
 def _checkpoint(path: Path) -> Path:
