@@ -1,4 +1,5 @@
-"""`vidgan sweep SPEC --check` (as a subprocess): the plan and exit 0, or exit 2 with one line; never Ray.
+"""`vidgan sweep SPEC --check` (as a process of its own, forked from a server with torch and MLflow imported and
+never Ray: :mod:`warm_cli`): the plan and exit 0, or exit 2 with one line; never Ray.
 
 Also the pieces of the plan and of `resources.gpu: auto` that need no cluster.
 """
@@ -8,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import warm_cli
 import yaml
 
 from tune_jobs import runtime
@@ -59,8 +60,8 @@ def _spec(root: Path, data: Path, **changes) -> dict:
 def _check(root: Path, spec: dict) -> subprocess.CompletedProcess:
     path = root / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    return subprocess.run([sys.executable, "-c", RUNNER, "sweep", str(path), "--check"], cwd=root,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    return warm_cli.run(None, ["sweep", path, "--check"], code=RUNNER, cwd=root, timeout=120,
+                        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
 def test_check_prints_the_plan_and_starts_nothing(dataset: Path, tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ def _become(request: dict, base_path: list[str]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:] = [os.getcwd(), *(os.path.abspath(p) for p in extra), *base_path]
+        sys.path[:] = ["" if request["code"] is not None else os.getcwd(), *(os.path.abspath(p) for p in extra),
+                       *base_path]
         import importlib
 
         importlib.invalidate_caches()
@@ -86,9 +87,19 @@ def _become(request: dict, base_path: list[str]) -> None:
             resource.setrlimit(getattr(resource, name), (limit, limit))
         import runpy
 
-        sys.argv = ["-m", *request["argv"]]
         try:
-            runpy._run_module_as_main(request["module"], alter_argv=True)  # what `python -m` calls
+            if request["code"] is None:
+                sys.argv = ["-m", *request["argv"]]
+                runpy._run_module_as_main(request["module"], alter_argv=True)  # what `python -m` calls
+            else:  # python -c CODE ARGV
+                import builtins
+                import types
+
+                sys.argv = ["-c", *request["argv"]]
+                main = types.ModuleType("__main__")
+                main.__builtins__ = builtins
+                sys.modules["__main__"] = main
+                exec(compile(request["code"], "<string>", "exec"), main.__dict__)  # noqa: S102 - the caller's code
             code = 0
         except SystemExit as exc:
             code = _exit_code(exc)
@@ -136,6 +147,9 @@ def serve(address: str) -> None:
     base_path = [p for p in sys.path if p not in ("", TESTS)]
     for name in PRELOAD:
         __import__(name)
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("vidgan", "tune_jobs", "ray"))
+    if leaked:  # a child must import these itself (and tests check that some commands never import Ray)
+        raise RuntimeError(f"the warm CLI server imported {leaked}")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
@@ -211,12 +225,13 @@ class WarmProcess:
     """A forked ``python -m MODULE ARGV``, with the part of :class:`subprocess.Popen`'s interface the tests use
     (stdout and stderr are always captured, as text)."""
 
-    def __init__(self, args: list[str], module: str, argv: list[str], env: Mapping[str, str], cwd: str,
-                 rlimits: Mapping[str, int]) -> None:
+    def __init__(self, args: list[str], module: str | None, code: str | None, argv: list[str],
+                 env: Mapping[str, str], cwd: str, rlimits: Mapping[str, int]) -> None:
         self.args = args
         self.returncode: int | None = None
         self._folder = tempfile.mkdtemp(prefix="vidgan-warm-run-")
-        request = {"module": module, "argv": argv, "env": dict(env), "cwd": cwd, "rlimits": dict(rlimits),
+        request = {"module": module, "code": code, "argv": argv, "env": dict(env), "cwd": cwd,
+                   "rlimits": dict(rlimits),
                    "stdout": f"{self._folder}/stdout", "stderr": f"{self._folder}/stderr"}
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(_Server.address())
@@ -277,16 +292,18 @@ def _warm_allowed(env: Mapping[str, str]) -> bool:
                    if k.startswith(STARTUP_ENV_PREFIXES))
 
 
-def popen(module: str, argv: Sequence[object], env: Mapping[str, str] | None = None,
-          cwd: str | os.PathLike | None = None,
-          rlimits: Mapping[str, int] | None = None) -> WarmProcess | subprocess.Popen:
-    """Start ``python -m module *argv`` (``env``: its whole environment, default this one's; ``rlimits``: resource
-    names such as ``"RLIMIT_AS"`` to a limit, soft and hard), stdout and stderr captured as text."""
+def popen(module: str | None, argv: Sequence[object], env: Mapping[str, str] | None = None,
+          cwd: str | os.PathLike | None = None, rlimits: Mapping[str, int] | None = None,
+          code: str | None = None) -> WarmProcess | subprocess.Popen:
+    """Start ``python -m module *argv`` (or ``python -c code *argv``; ``env``: its whole environment, default this
+    one's; ``rlimits``: resource names such as ``"RLIMIT_AS"`` to a limit, soft and hard), stdout and stderr
+    captured as text."""
     env = dict(os.environ if env is None else env)
-    args = [sys.executable, "-m", module, *map(str, argv)]
+    argv = [str(a) for a in argv]
+    args = [sys.executable, *(("-m", module) if code is None else ("-c", code)), *argv]
     cwd = str(cwd or os.getcwd())
     if _warm_allowed(env):
-        return WarmProcess(args, module, args[3:], env, cwd, rlimits or {})
+        return WarmProcess(args, module, code, argv, env, cwd, rlimits or {})
     preexec = None
     if rlimits:
         import resource
@@ -310,7 +327,9 @@ def finish(proc: WarmProcess | subprocess.Popen, timeout: float | None) -> subpr
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def run(module: str, argv: Sequence[object], env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-        rlimits: Mapping[str, int] | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """``python -m module *argv`` to its end, as :func:`subprocess.run` with ``capture_output=True, text=True``."""
-    return finish(popen(module, argv, env, cwd, rlimits), timeout)
+def run(module: str | None, argv: Sequence[object], env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None, rlimits: Mapping[str, int] | None = None, timeout: float | None = None,
+        code: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m module *argv`` (or ``python -c code *argv``) to its end, as :func:`subprocess.run` with
+    ``capture_output=True, text=True``."""
+    return finish(popen(module, argv, env, cwd, rlimits, code), timeout)
