@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+import warm_cli
 
 from vidgan.fvd.features import extract_features
 from vidgan.progress import enabled, progress, run_reporting
@@ -59,10 +58,8 @@ def test_progress_env_switch(monkeypatch) -> None:
 
 def test_ingest_shows_a_progress_bar(tmp_path) -> None:
     env = {**os.environ, "VIDGAN_PROGRESS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "vidgan.cli", "ingest", "--sample", "--out", str(tmp_path / "d"), "--frames", "16",
-         "--size", "32", "--stride", "16", "--parallel", "local"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
+    proc = warm_cli.run(  # its own process, forked from a server with torch imported
+        "vidgan.cli", ["ingest", "--sample", "--out", tmp_path / "d", "--frames", 16, "--size", 32, "--stride", 16,
+                       "--parallel", "local"], env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ingest: 100%" in proc.stderr and "video" in proc.stderr, proc.stderr[-2000:]
