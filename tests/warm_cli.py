@@ -81,6 +81,11 @@ def _become(request: dict, base_path: list[str]) -> None:
         import importlib
 
         importlib.invalidate_caches()
+        import numpy
+        import torch
+
+        numpy.random.seed()  # seeded from the OS, as in a fresh interpreter (not the server's state in every child)
+        torch.seed()
         import resource
 
         for name, limit in request["rlimits"].items():
