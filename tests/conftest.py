@@ -13,6 +13,11 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+#: Ray's raylet starts its workers (the trials) at nice 15, so that a laptop stays responsive; in the suite that
+#: starves them whenever the other pytest worker, or anything else at nice 0, keeps both cores busy, and an end-to-end
+#: test then waits minutes on trials that get no CPU. Every Ray cluster the tests start (in this process or in a
+#: child, which inherits the environment) runs its workers at the suite's own priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 #: fixtures of a local S3 API (moto): s3_server, s3_bucket
 pytest_plugins = ["s3_server"]
