@@ -89,9 +89,10 @@ def _spec(root: Path, uri: str, name: str, **changes) -> dict:
         "name": name,
         "datasets": [{"name": "sample", "path": str(root / "data")}],
         "model": {"frames": 16, "size": 32, "width": 4, "z_dim": 8},
-        "train": {"batch_size": 4, "n_critic": 2},
+        # no moving average: one I3D pass per evaluation (what an evaluation logs is the ASHA sweep's question)
+        "train": {"batch_size": 4, "n_critic": 2, "ema": False},
         "variants": ["gp", "sn"],
-        "eval": {"every": 2, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 4},
+        "eval": {"every": 2, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 4, "generator": "raw"},
         "scheduler": {"type": "fifo", "max_t": 12, "grace_period": 2},
         "resources": {"cpu": 1, "data_cpu": 0, "threads": 1},
         "max_failures": 2,

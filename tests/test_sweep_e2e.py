@@ -41,9 +41,11 @@ def workdir(tmp_path_factory, ray_cluster):
     return root
 
 
-#: one I3D pass of 4 clips x 9 frames per evaluation (the raw generator only, no samples): for the tests that are
-#: about resuming, searching or exploiting, not about what an evaluation logs (the ASHA test checks that)
+#: one I3D pass of 4 clips x 9 frames per evaluation (the raw generator only, no samples; with LEAN_TRAIN no moving
+#: average to score beside it): for the tests that are about resuming, searching or exploiting, not about what an
+#: evaluation logs (the ASHA test checks that)
 LEAN_EVAL = {"every": 2, "n_real": 8, "n_fake": 4, "frames": 9, "batch_size": 4, "grid": 0, "generator": "raw"}
+LEAN_TRAIN = {"batch_size": 4, "n_critic": 2, "ema": False}
 
 
 def _spec(root: Path, **changes) -> dict:
@@ -176,6 +178,7 @@ def test_optuna_search_samples_conditional_parameters(workdir: Path) -> None:
             },
             max_concurrent_trials=2,
             eval=LEAN_EVAL,
+            train=LEAN_TRAIN,
         )
     )
     outcome = run_sweep(spec, name="search", verbose=0)
@@ -288,7 +291,7 @@ def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: 
     # the trial streams its clips with Ray Data (1 CPU for the trainable + 1 for the data tasks: the whole cluster),
     # before and after its restart
     spec = _spec(workdir, name="kill", scheduler={"type": "fifo", "max_t": 6, "grace_period": 2}, eval=LEAN_EVAL,
-                 resources={"cpu": 1, "data_cpu": 1, "threads": 1})
+                 train=LEAN_TRAIN, resources={"cpu": 1, "data_cpu": 1, "threads": 1})
     proc = _start_sweep(workdir, spec, "kill", overrides=("train.lr=3e-4", "max_failures=2"))
     run_id = _wait_for_fvd_steps(workdir, "kill", 1, proc)
     pids = _trial_pids(os.getpid())
@@ -314,13 +317,13 @@ def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: 
     (workdir / "kill-dl").mkdir()
     logged = yaml.safe_load(Path(_client(workdir).download_artifacts(parent.info.run_id, "spec.yaml",
                                                                      str(workdir / "kill-dl"))).read_text())
-    assert logged["train"] == {"batch_size": 4, "n_critic": 2, "lr": 3e-4} and logged["max_failures"] == 2
+    assert logged["train"] == {**LEAN_TRAIN, "lr": 3e-4} and logged["max_failures"] == 2
 
 
 def test_interrupted_driver_resumes_the_sweep(workdir: Path, capsys, caplog) -> None:
     # killed after a trial's first evaluation (of two per trial): the resume has the rest of both trials to run
     fifo = {"type": "fifo", "max_t": 4, "grace_period": 2}
-    spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo, eval=LEAN_EVAL)
+    spec = _spec(workdir, name="resume", variants=["gp", "sn"], scheduler=fifo, eval=LEAN_EVAL, train=LEAN_TRAIN)
     proc = _start_sweep(workdir, spec, "resume")
     _wait_for_fvd_steps(workdir, "resume", 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
@@ -359,7 +362,7 @@ def test_ctrl_c_ends_the_sweep_as_interrupted(workdir: Path) -> None:
     # table that reads the unfinished trial as stopped by ASHA. (--resume after an interruption:
     # test_interrupted_driver_resumes_the_sweep; a full resume after Ctrl-C was checked by hand, 12 of 12 iterations.)
     fifo = {"type": "fifo", "max_t": 12, "grace_period": 2}
-    spec = _spec(workdir, name="ctrlc", scheduler=fifo, eval=LEAN_EVAL)
+    spec = _spec(workdir, name="ctrlc", scheduler=fifo, eval=LEAN_EVAL, train=LEAN_TRAIN)
     proc = _start_sweep(workdir, spec, "ctrlc")
     _wait_for_fvd_steps(workdir, "ctrlc", 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -393,8 +396,7 @@ def test_pbt_exploit_copies_a_checkpoint_changes_the_config_and_mlflow_names_the
     }
     # one I3D pass of 2 clips x 9 frames per evaluation: no EMA generator to score too, no interval, no samples
     lean_eval = {**LEAN_EVAL, "n_fake": 2, "bootstrap": 0}
-    lean_train = {"batch_size": 4, "n_critic": 2, "ema": False}
-    spec = parse_spec(_spec(workdir, name="pbt", scheduler=pbt, eval=lean_eval, train=lean_train))
+    spec = parse_spec(_spec(workdir, name="pbt", scheduler=pbt, eval=lean_eval, train=LEAN_TRAIN))
     outcome = run_sweep(spec, name="pbt", verbose=0)
     assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
 
@@ -475,8 +477,7 @@ def test_asha_decides_on_the_smoothed_score_and_the_table_aggregates_seeds(workd
     _RecordingASHA.seen.clear()
     # the raw generator only (one I3D pass per evaluation): the EMA path is the ASHA sweep's above
     lean_eval = {**LEAN_EVAL, "every": 1, "smoothing": {"rule": "mean_last", "k": 2}}
-    spec = parse_spec(_spec(workdir, name="smooth", seeds=[0, 1], eval=lean_eval, train={"batch_size": 4,
-                            "n_critic": 2, "ema": False},
+    spec = parse_spec(_spec(workdir, name="smooth", seeds=[0, 1], eval=lean_eval, train=LEAN_TRAIN,
                             scheduler={"type": "asha", "max_t": 3, "grace_period": 2, "reduction_factor": 2}))
     outcome = run_sweep(spec, name="smooth", verbose=0)
 
