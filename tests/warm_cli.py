@@ -38,6 +38,9 @@ PRELOAD = ("numpy", "av", "torch", "torch._dynamo", "torch.optim", "mlflow", "ml
            "pyarrow.parquet", "pyarrow.fs", "pydantic", "yaml")
 #: environment variables read when those packages load: a call that changes one runs as a plain subprocess
 STARTUP_ENV_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "LD_", "MALLOC", "ARROW_", "TORCH", "PYTORCH")
+#: ... but for these, read when first used (torch sets TORCHINDUCTOR_CACHE_DIR in its own process once it has used
+#: its compiler, which the server never does)
+LAZY_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
 ENABLE_ENV = "VIDGAN_TEST_WARM_CLI"
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -294,7 +297,7 @@ def _warm_allowed(env: Mapping[str, str]) -> bool:
     own = _Server.env
     wanted = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     return not any(own.get(k) != wanted.get(k) for k in own.keys() | wanted.keys()
-                   if k.startswith(STARTUP_ENV_PREFIXES))
+                   if k.startswith(STARTUP_ENV_PREFIXES) and k not in LAZY_ENV)
 
 
 def popen(module: str | None, argv: Sequence[object], env: Mapping[str, str] | None = None,
