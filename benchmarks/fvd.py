@@ -30,11 +30,18 @@ from vidgan.fvd.distance import feature_stats, frechet_distance_from_stats
 from vidgan.fvd.i3d import no_tf32
 
 
+def _torch_pool(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int],
+                pads: tuple[int, ...] = (0,) * 6) -> torch.Tensor:
+    if len(set(pads)) == 1:  # symmetric: the kernel pads by itself (with -inf)
+        return F.max_pool3d(x, kernel, stride, padding=pads[0])
+    return F.max_pool3d(F.pad(x, pads), kernel, stride)
+
+
 @contextlib.contextmanager
 def torch_max_pool() -> Iterator[None]:
     """Our I3D with PyTorch's own ``F.max_pool3d`` (the pooling before vidgan's CPU path)."""
     ours = i3d_module.max_pool3d
-    i3d_module.max_pool3d = lambda x, kernel, stride, padding=0: F.max_pool3d(x, kernel, stride, padding=padding)
+    i3d_module.max_pool3d = _torch_pool
     try:
         yield
     finally:

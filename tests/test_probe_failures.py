@@ -371,29 +371,30 @@ def test_check_counts_the_memory_of_the_evaluation(made: tuple[Path, Path], tmp_
     line = one_line(vidgan("sweep", spec, "eval.n_fake=512", "eval.batch_size=512", "--check", memory_gib=6),
                     "sweep p30: the trials' FVD evaluation would not fit", "scoring 512 clips of 9 frames at once",
                     "lower eval.batch_size")
-    assert "GiB (I3D 25." in line, line  # 25.0 GiB at 9 frames: the probe saw ~25 GiB
+    # 23.7 GiB at 9 frames: the probe saw ~25 GiB with PyTorch's max pools; the CPU's sliced pools measure ~4% less
+    assert "GiB (I3D 23." in line, line
     ok = vidgan("sweep", spec, "--check", memory_gib=6)
     assert ok.returncode == 0 and "GiB to evaluate at eval batch 2 (estimates)" in ok.stdout, ok.stderr
 
 
 def test_fvd_checks_the_batch_it_scores_not_one_clip(made: tuple[Path, Path], tmp_path: Path) -> None:
     """#30 item 6: `vidgan fvd --batch-size B` checked the generator at batch 1 and none of the I3D's memory, and
-    failed minutes later with PyTorch's allocator message; now scoring 128 clips of 16 frames at once (~10 GiB) is
+    failed minutes later with PyTorch's allocator message; now scoring 128 clips of 16 frames at once (~9 GiB) is
     refused up front in one line with the estimate, from a checkpoint or from fake shards (capped at 6 GiB)."""
     shards = made[1]
     ckpt = small_checkpoint(tmp_path / "c.pt")
     common = ["--n", 128, "--batch-size", 128, "--frames", 16]
     line = one_line(vidgan("fvd", "--real", shards, "--checkpoint", ckpt, *common, memory_gib=6),
                     f"the FVD evaluation of checkpoint {ckpt} would not fit", "scoring 128 clips of 16 frames at once",
-                    "I3D 10.", "lower --batch-size")
+                    "I3D 9.", "lower --batch-size")
     assert "refused before allocating" in line
     one_line(vidgan("fvd", "--real", shards, "--fake", shards, *common, memory_gib=6), "would not fit",
              "scoring 128 clips of 16 frames at once", "lower --batch-size")
 
 
 def test_the_evaluation_estimate_grows_with_the_batch_and_the_frames() -> None:
-    """The I3D's part is linear in the clips scored at once (a batch of 8 clips of 16 frames: ~650 MiB, measured
-    641 MiB as the rise of a CPU process's peak RSS), and the generator's part adds its clips."""
+    """The I3D's part is linear in the clips scored at once (a batch of 8 clips of 16 frames: ~595 MiB, measured
+    591 MiB as the rise of a CPU process's peak RSS), and the generator's part adds its clips."""
     from vidgan import budget
     from vidgan.config import ModelConfig
 
@@ -401,6 +402,6 @@ def test_the_evaluation_estimate_grows_with_the_batch_and_the_frames() -> None:
     one, eight = (budget.evaluation_bytes(model, b, 16) for b in (1, 8))
     weights = budget.i3d_bytes(1, 16, 32)[0]
     assert 7.5 < (eight["i3d"] - weights) / (one["i3d"] - weights) < 8.5
-    assert 600 < (eight["i3d"] - weights) / 2**20 < 700
+    assert 550 < (eight["i3d"] - weights) / 2**20 < 650
     assert budget.evaluation_bytes(model, 8, 9)["i3d"] < eight["i3d"]
     assert eight["generator"] > one["generator"] > 0 and budget.evaluation_bytes(None, 8, 16, 32)["generator"] == 0

@@ -47,9 +47,10 @@ TRAIN_BYTES_PER_PARAM = 4 * FLOAT_BYTES
 CRITIC_PASSES = 4
 #: the measured peak of an I3D feature extraction over the simulated one (tensors alive at once): the CPU
 #: allocator's caching and oneDNN's convolution workspaces. Measured as the rise of the process's peak RSS
-#: (VmHWM) in one extraction of 9-frame clips on a CPU: batch 8 402 MiB and batch 16 787 MiB, where the
-#: simulation says 320 and 640 MiB (1.26x and 1.23x).
-I3D_ALLOCATOR_OVERHEAD = 1.25
+#: (VmHWM) in a process's first extraction of 9-frame clips on a CPU: batch 8 377 MiB and batch 16 742 MiB, where the
+#: simulation says 237 and 473 MiB (1.59x and 1.57x; 4 and 8 clips of 16 frames: 301 and 591 MiB, 1.62x and 1.59x).
+#: (With PyTorch's own max pools, before the CPU's sliced ones: 391 and 786 MiB measured, 320 and 640 simulated.)
+I3D_ALLOCATOR_OVERHEAD = 1.6
 
 
 class ModelTooLarge(ValueError):
@@ -180,9 +181,10 @@ def _live_bytes() -> Any:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
             out = func(*args, **(kwargs or {}))
-            given = {id(a) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+            # by storage: under inference mode a view (unfold, split, a slice) is not marked as one
+            given = {a.untyped_storage()._cdata for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
             for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor) and id(t) not in given and not t._is_view():
+                if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in given and not t._is_view():
                     n = t.untyped_storage().nbytes()
                     self.live += n
                     self.peak = max(self.peak, self.live)

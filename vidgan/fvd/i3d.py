@@ -50,10 +50,15 @@ def same_pad(size: int, k: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pad_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
+def _same_pads(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
     pads: list[int] = []
     for dim in (2, 1, 0):  # F.pad wants the last dimension first
         pads.extend(same_pad(x.shape[2 + dim], kernel[dim], stride[dim]))
+    return tuple(pads)
+
+
+def _pad_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
+    pads = _same_pads(x, kernel, stride)
     return F.pad(x, pads) if any(pads) else x
 
 
@@ -78,27 +83,43 @@ class Unit3D(nn.Module):
         return F.relu(y, inplace=True) if self.relu else y
 
 
+#: a CPU max pool works through the channels in this many slices, so that its temporaries (a slice's padded input and
+#: partial maxima) stay about an eighth of its input
+POOL_SLICES = 8
+
+
 def max_pool3d(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int],
-               padding: int = 0) -> torch.Tensor:
-    """``F.max_pool3d`` of ``[B, C, T, H, W]`` (zero ``padding``; every pool input here follows a ReLU, so zeros
-    give what -inf would). On the CPU a maximum over a box is the maximum over W, then H, then T: three strided
-    reductions give exactly the numbers of PyTorch's CPU kernel, which also finds the index of every maximum,
-    and make the whole I3D ~1.5x faster on one thread (``benchmarks/fvd.py`` prints both). On a GPU, PyTorch's
-    own kernel."""
+               pads: tuple[int, ...] = (0,) * 6) -> torch.Tensor:
+    """``F.max_pool3d`` of ``[B, C, T, H, W]`` zero-padded by ``pads`` (``F.pad``'s order, W first; every pool input
+    here follows a ReLU, so zeros give what TF's -inf would).
+
+    On the CPU a maximum over a box is the maximum over W, then H, then T: three strided reductions give exactly the
+    numbers of PyTorch's CPU kernel, which also finds and keeps the int64 index of every maximum, and make the whole
+    I3D ~1.5x faster on one thread (``benchmarks/fvd.py`` prints both). They run on :data:`POOL_SLICES` slices of
+    the channels into one output, so the pool's peak memory is its input, its output and an eighth of the input (the
+    padded slice and its partial maxima), less than the kernel's (input, output and the indices, twice the output).
+    On a GPU, PyTorch's own kernel."""
     if x.is_cuda:
-        return F.max_pool3d(x, kernel, stride, padding=padding)
-    if padding:
-        x = F.pad(x, (padding,) * 6)
-    for dim in (4, 3, 2):
-        k, s = kernel[dim - 2], stride[dim - 2]
-        if k > 1 or s > 1:
-            x = x.unfold(dim, k, s).amax(-1)
-    return x
+        if len(set(pads)) == 1:
+            return F.max_pool3d(x, kernel, stride, padding=pads[0])
+        return F.max_pool3d(F.pad(x, pads), kernel, stride)
+    sizes = [x.shape[2 + i] + pads[4 - 2 * i] + pads[5 - 2 * i] for i in range(3)]  # T, H, W padded
+    out = x.new_empty(*x.shape[:2], *((n - k) // s + 1 for n, k, s in zip(sizes, kernel, stride, strict=True)))
+    start = 0
+    for part in x.tensor_split(min(POOL_SLICES, x.shape[1]), dim=1):
+        y = F.pad(part, pads) if any(pads) else part
+        for dim in (4, 3, 2):
+            k, s = kernel[dim - 2], stride[dim - 2]
+            if k > 1 or s > 1:
+                y = y.unfold(dim, k, s).amax(-1)
+        out[:, start:start + part.shape[1]] = y
+        start += part.shape[1]
+    return out
 
 
 def _max_pool_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
     # TF pads with -inf; every pool input follows a ReLU (>= 0), so zero padding gives the same maxima.
-    return max_pool3d(_pad_same(x, kernel, stride), kernel, stride)
+    return max_pool3d(x, kernel, stride, _same_pads(x, kernel, stride))
 
 
 class Inception(nn.Module):
@@ -114,7 +135,7 @@ class Inception(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b0, b1, b2 = torch.split(self.stem(x), self.split, dim=1)
-        b3 = self.b3(max_pool3d(x, (3, 3, 3), (1, 1, 1), padding=1))  # symmetric SAME; zeros do as -inf after ReLU
+        b3 = self.b3(max_pool3d(x, (3, 3, 3), (1, 1, 1), (1,) * 6))  # symmetric SAME; zeros do as -inf after ReLU
         return torch.cat([b0, self.b1(b1), self.b2(b2), b3], dim=1)
 
 
