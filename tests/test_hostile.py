@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import warm_cli
+from empty_store import empty_store
 from videogen import write_video
 
 from vidgan.ingest import IngestConfig, ingest
@@ -817,7 +818,7 @@ def test_storage_path_checked_and_failed_start_marks_parent_failed(data: Path, t
     sweep.check_storage(str(tmp_path / "new" / "runs"))  # a folder it can make: fine, and not made by the check
     assert not (tmp_path / "new").exists()
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_store(tmp_path / "mlflow.db")  # a copy of an empty store MLflow made (making one takes ~3 s)
     experiment = tracking.ensure_experiment(uri, "s")
     parent = tracking.start_parent_run(uri, experiment, "s-1")
     with pytest.raises(OSError), sweep.parent_failed_on_error(uri, parent):

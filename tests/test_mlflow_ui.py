@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from empty_store import empty_store
 from mlflow import MlflowClient
 
 from tune_jobs import report, tracking
@@ -32,8 +33,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite MLflow store for the module (creating its tables takes seconds); each test its experiment."""
-    return tmp_path_factory.mktemp("ui-store")
+    """One SQLite MLflow store for the module (a copy of an empty one: creating its tables takes seconds); each test
+    its experiment."""
+    root = tmp_path_factory.mktemp("ui-store")
+    empty_store(root / "mlflow.db")
+    return root
 
 
 def _spec(data: Path, root: Path, experiment: str):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from empty_store import empty_store
 
 from tune_jobs import report, tracking
 from tune_jobs.main import main
@@ -93,6 +94,7 @@ def _killed_sweep(data: Path, root: Path, name: str, n_fake: int, tmp: Path) -> 
 @pytest.fixture(scope="module")
 def store(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report-store")
+    empty_store(root / "mlflow.db")  # set-up: a copy of an empty store MLflow made (making one takes ~3 s)
     _killed_sweep(data, root, "cut", 4, root)
     _killed_sweep(data, root, "fewer", 2, root)  # started later: `latest`
     return root
@@ -182,6 +184,7 @@ def test_a_trial_restarted_after_a_failure_reads_as_running_again(data: Path, tm
     from vidgan.trainer import TrainingOutOfMemory
 
     spec = _spec(data, tmp_path, "oom", 4)
+    empty_store(tmp_path / "mlflow.db")
     uri = tracking.resolve_tracking_uri(spec.mlflow.tracking_uri)
     exp = tracking.ensure_experiment(uri, spec.mlflow.experiment)
     parent = tracking.start_parent_run(uri, exp, "oom")
