@@ -237,12 +237,13 @@ class WarmProcess:
                  env: Mapping[str, str], cwd: str, rlimits: Mapping[str, int]) -> None:
         self.args = args
         self.returncode: int | None = None
-        self._folder = tempfile.mkdtemp(prefix="vidgan-warm-run-")
+        address = _Server.address()
+        self._folder = tempfile.mkdtemp(prefix="run-", dir=_Server.folder)  # removed with the server's folder
         request = {"module": module, "code": code, "argv": argv, "env": dict(env), "cwd": cwd,
                    "rlimits": dict(rlimits),
                    "stdout": f"{self._folder}/stdout", "stderr": f"{self._folder}/stderr"}
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._conn.connect(_Server.address())
+        self._conn.connect(address)
         self._conn.sendall(json.dumps(request).encode() + b"\n")
         self._buffer = b""
         self.pid = int(self._line(None))
