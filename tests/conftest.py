@@ -24,9 +24,10 @@ pytest_plugins = ["s3_server"]
 
 #: modules by their time alone on 2 cores, longest first (xdist hands each worker the next module in this order, and
 #: one more: a short module third keeps the first worker free for the longest one)
-LONGEST_FIRST = ("test_sweep_e2e.py", "test_rehearsal.py", "test_cluster_config.py", "test_node_loss.py",
-                 "test_tracking_outage.py", "test_learning.py", "test_hostile.py", "test_probe_failures.py",
-                 "test_s3_ray.py", "test_data_ray.py", "test_probe_losses.py", "test_ui.py", "test_s3.py")
+LONGEST_FIRST = ("test_sweep_e2e.py", "test_rehearsal.py", "test_cluster_config.py", "test_tracking_outage.py",
+                 "test_node_loss.py", "test_learning.py", "test_s3_ray.py", "test_data_ray.py", "test_hostile.py",
+                 "test_mlflow_ui.py", "test_probe_failures.py", "test_metrics.py", "test_spool.py", "test_ui.py",
+                 "test_probe_losses.py", "test_s3.py")
 
 
 #: fixtures that start a server: a test using one (directly or through another fixture) is marked slow, so that
