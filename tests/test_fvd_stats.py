@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
@@ -54,21 +55,28 @@ def test_refusals(shards_dir: str) -> None:
         real_features(shards_dir, n=N, frames=8)
 
 
-def _compute_in_child(path: str, log: str) -> None:
+def _compute_in_child(path: str, log: str, arrived: str, n: int) -> None:
     def compute() -> dict[str, np.ndarray]:
         with open(log, "a") as f:
             f.write("computed\n")
-        time.sleep(0.5)  # long enough for the other processes to find no file and wait on the lock
+        # holds the lock until every process has come to compute_once (an event, not a duration): all three were
+        # there before any file was written, and the two that did not take the lock computed nothing
+        deadline = time.monotonic() + 60
+        while len(Path(arrived).read_text().split()) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
         return {"features": np.arange(4.0)}
 
+    with open(arrived, "a") as f:
+        f.write(f"{os.getpid()}\n")
     out = compute_once(pafs.LocalFileSystem(), path, compute)
     assert np.array_equal(out["features"], np.arange(4.0))
 
 
 def test_concurrent_processes_compute_once(tmp_path: Path) -> None:
-    path, log = str(tmp_path / "stats" / "x.npz"), str(tmp_path / "log")
+    path, log, arrived = str(tmp_path / "stats" / "x.npz"), str(tmp_path / "log"), tmp_path / "arrived"
+    arrived.touch()
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_compute_in_child, args=(path, log)) for _ in range(3)]
+    procs = [ctx.Process(target=_compute_in_child, args=(path, log, str(arrived), 3)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:

@@ -21,6 +21,9 @@ from tune_jobs import spool, tracking
 from tune_jobs.spec import parse_spec
 from tune_jobs.tracking import SweepContext
 
+#: a deadline only a real hang reaches (an evaluation here takes about a second)
+HANG_S = 120
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -90,16 +93,16 @@ def test_outage_neither_blocks_nor_loses_and_a_moved_trial_delivers_the_rest(dat
     logger = tracking.TrialLogger(ctx, trial, "t1", folder=tmp_path / "node1")
     run_id = logger.run_id
     history: list = []
-    t0 = time.monotonic()
     _evaluate(logger, 2, history, tmp_path)
-    reference = time.monotonic() - t0  # an evaluation's own time on this machine, MLflow up
     assert logger.delivery.flush(60)
 
     cable.unplug()  # MLflow goes away: evaluations go on at their own pace
     for step in (4, 6):
         t0 = time.monotonic()
         checkpoint = _evaluate(logger, step, history, tmp_path)
-        assert time.monotonic() - t0 < 3 * reference + 5, "an evaluation waited for MLflow"
+        # a hang guard, not a timing: the evaluation's records wait in the spool (the backlog below), and an
+        # evaluation that waited for MLflow to come back would wait here until the deadline
+        assert time.monotonic() - t0 < HANG_S, "an evaluation waited for MLflow"
     deadline = time.monotonic() + 600  # only a hang reaches it: the wait ends when the delivery thread has failed
     while logger.delivery.outage.down_since is None:
         assert time.monotonic() < deadline, "the delivery thread never found MLflow down"

@@ -228,8 +228,9 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
     assert sorted(r.status for r in outcome.rows) == ["completed", "completed"]
     assert all(r.restarts == 0 for r in outcome.rows)  # no trial failed
 
-    # the trials went on training during the outage: results kept coming, and no gap between two results of a
-    # trial was longer than two evaluation intervals (one interval of pause at most)
+    # the trials went on training during the outage: each made a whole evaluation while MLflow was down (an event:
+    # a trial that waited for MLflow could make none, the outage would last until the hang deadline, and this fails;
+    # no wall-clock comparison, which a busy machine could fail)
     import pandas as pd
 
     frames = {}  # each trial's results as Tune saved them (progress.csv): trial id -> rows
@@ -237,10 +238,6 @@ def test_tracking_outage_loses_nothing_and_stalls_nothing(data: Path, server: Ca
         parts = folder.name.split("_")
         frames[f"{parts[2]}_{parts[3]}"] = pd.read_csv(folder / "progress.csv")
     assert len(frames) == 2
-    for df in frames.values():
-        gaps = df["time_this_iter_s"].tolist()[1:]  # the first one holds the trial's start
-        median = sorted(gaps)[len(gaps) // 2]
-        assert max(gaps) <= 2 * median + 5, (gaps, "a trial stalled")
     assert len(during) == 2 and min(during.values()) >= 1, ("a trial made no evaluation while MLflow was down",
                                                             during)
 
