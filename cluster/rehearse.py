@@ -151,7 +151,7 @@ def own_pids(scratch: Path) -> list[int]:
     return pids
 
 
-def teardown(scratch: Path, grace_s: float = 8.0) -> int:
+def teardown(scratch: Path, grace_s: float = 3.0) -> int:
     """SIGTERM then SIGKILL this rehearsal's processes; returns how many were left running."""
     pids = own_pids(scratch)
     log(f"teardown: stopping {len(pids)} processes of this rehearsal")

@@ -20,7 +20,7 @@ from vidgan.trainer import Trainer
 from vidgan.variants import get_variant
 from vidgan.video import sample_clips
 
-ITERATIONS = 200
+ITERATIONS = 150
 
 pytestmark = pytest.mark.slow  # half a minute of training: not for `make test-fast`
 
