@@ -8,8 +8,9 @@ off; cd-fvd's model (``cdfvd.third_party.i3d.pytorch_i3d.InceptionI3d``, same ar
 weights, which do not change its speed, and nothing is downloaded. The two are timed alternately (median of
 ``--iters`` rounds) so that load from other processes affects both alike. ``end-to-end`` adds our
 preprocessing (TF1 legacy resize of 64x64 uint8 frames to 224). ``vidgan I3D, torch max_pool3d`` is our
-network with PyTorch's ``F.max_pool3d`` put back in place of :func:`vidgan.fvd.i3d.max_pool3d` (on the CPU
-three 1D maxima, the same numbers); its outputs are checked equal to ours.
+network with PyTorch's kernel (:func:`vidgan.fvd.i3d.torch_max_pool3d`) put back in place of
+:func:`vidgan.fvd.i3d.max_pool3d` (on the CPU three 1D maxima, the same numbers); its outputs are checked equal to
+ours.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vidgan.fvd import frechet_distance, load_i3d
 from vidgan.fvd import i3d as i3d_module
@@ -30,18 +30,11 @@ from vidgan.fvd.distance import feature_stats, frechet_distance_from_stats
 from vidgan.fvd.i3d import no_tf32
 
 
-def _torch_pool(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int],
-                pads: tuple[int, ...] = (0,) * 6) -> torch.Tensor:
-    if len(set(pads)) == 1:  # symmetric: the kernel pads by itself (with -inf)
-        return F.max_pool3d(x, kernel, stride, padding=pads[0])
-    return F.max_pool3d(F.pad(x, pads), kernel, stride)
-
-
 @contextlib.contextmanager
 def torch_max_pool() -> Iterator[None]:
     """Our I3D with PyTorch's own ``F.max_pool3d`` (the pooling before vidgan's CPU path)."""
     ours = i3d_module.max_pool3d
-    i3d_module.max_pool3d = _torch_pool
+    i3d_module.max_pool3d = i3d_module.torch_max_pool3d
     try:
         yield
     finally:

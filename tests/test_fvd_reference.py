@@ -68,3 +68,21 @@ def test_fewer_than_9_frames_refused(i3d: I3D) -> None:
         i3d.features(torch.zeros(1, 8, 32, 32, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="at least 9 frames"):
         i3d.features(torch.zeros(1, 3, 8, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "pads"),
+    [
+        ((2, 13, 9, 17, 17), (1, 3, 3), (1, 2, 2), (0, 1, 0, 1, 0, 0)),  # the stem's pools: TF SAME, one side
+        ((2, 11, 9, 8, 8), (3, 3, 3), (2, 2, 2), (0, 1, 0, 1, 0, 1)),  # before Mixed_4b
+        ((1, 7, 3, 4, 4), (2, 2, 2), (2, 2, 2), (0, 0, 0, 0, 1, 1)),  # before Mixed_5b, odd frames
+        ((2, 19, 5, 6, 6), (3, 3, 3), (1, 1, 1), (1,) * 6),  # an Inception block's branch
+    ],
+)
+def test_cpu_max_pool_is_pytorchs_exactly(shape, kernel, stride, pads) -> None:
+    """The CPU's sliced three-reduction pool gives PyTorch's kernel's numbers to the bit, on ReLU outputs (>= 0, so
+    its zero padding is TF's -inf), with channel counts that do not split evenly into its slices."""
+    from vidgan.fvd.i3d import max_pool3d, torch_max_pool3d
+
+    x = torch.relu(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(max_pool3d(x, kernel, stride, pads), torch_max_pool3d(x, kernel, stride, pads))
