@@ -771,32 +771,48 @@ def test_ctrl_c_during_ingest_is_one_line_and_resumes(tmp_path: Path) -> None:
 
     src = tmp_path / "src"
     _source_folder(src, 2, "a")
-    # long enough that the ingest is still inside it when Ctrl-C comes, also when the machine is busy (tests run on
-    # two workers) and this loop polls late
-    write_video(src / "b_long.mp4", frames=6000, width=32, height=32)
+    # three long sources (~1.5 s of decoding each on this machine) after the two short ones: the ingest is still
+    # decoding when the test stops it below, also when the machine is busy and this loop polls late
+    write_video(src / "b_long0.mp4", frames=6000, width=32, height=32)
+    for i in (1, 2):
+        shutil.copy(src / "b_long0.mp4", src / f"b_long{i}.mp4")
     write_video(src / "c.mp4", frames=32, width=40, height=32)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "vidgan.cli", "ingest", str(src), "--out", str(out), "--frames", "16",
             "--size", "32", "--shard-mb", "0.01", "--parallel", "local"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def manifest() -> dict:
+        try:
+            return json.loads((out / "manifest.json").read_text())
+        except (OSError, ValueError):  # not written yet
+            return {"shards": [], "sources": {}}
+
+    def shards() -> int:
+        return len(manifest()["shards"])
+
     p = warm_cli.popen("vidgan.cli", argv[3:], env=env)  # its own process, signalled below
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            if len(json.loads((out / "manifest.json").read_text())["shards"]) >= 2:
-                break
-        except (OSError, ValueError):
-            pass
+    while time.monotonic() < deadline and p.poll() is None and shards() < 2:
         time.sleep(0.01)
+    # Ctrl-C where the ingest is, whatever it did since: stopped (SIGSTOP), its manifest read, SIGINT, continued.
+    # The line must name the shards the manifest holds at that moment, however far the ingest got.
+    p.send_signal(signal.SIGSTOP)
+    kept, done = shards(), len(manifest()["sources"])
+    assert p.poll() is None and kept < 6, f"the ingest ended before Ctrl-C ({kept} shards): it ran too fast"
     p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGCONT)
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 130, (p.returncode, stderr)
     line = [x for x in stderr.splitlines() if "source(s) to decode" not in x]
     assert "Traceback" not in stderr and len(line) == 1, stderr
-    assert "interrupted" in line[0] and "keeps 2 whole shard(s)" in line[0] and "run the same command again" in line[0]
+    assert "interrupted" in line[0] and f"keeps {kept} whole shard(s)" in line[0] and "run the same command again" \
+        in line[0], (kept, line[0])
+    for i in (1, 2):  # fewer sources to decode on the rerun: what it reads is what is left, whatever that is
+        (src / f"b_long{i}.mp4").unlink()
     again = warm_cli.run("vidgan.cli", argv[3:], env=env, timeout=300)
-    assert again.returncode == 0 and "2 already in the manifest" in again.stderr, again.stderr
-    assert sorted(read_manifest(str(out))["sources"]) == ["a0.mp4", "a1.mp4", "b_long.mp4", "c.mp4"]
+    assert again.returncode == 0 and f"{done} already in the manifest" in again.stderr, again.stderr
+    assert sorted(read_manifest(str(out))["sources"]) == ["a0.mp4", "a1.mp4", "b_long0.mp4", "c.mp4"]
 
 
 def test_storage_path_checked_and_failed_start_marks_parent_failed(data: Path, tmp_path: Path) -> None:
