@@ -15,8 +15,9 @@
 3. ``watch_job``, while it runs, prints the worker nodes the autoscaler adds and on which node each
    trial runs;
 4. ``collect_results`` fetches the job's status and logs with ``ray job status`` / ``ray job logs``;
-5. ``teardown`` stops every process it started (found by a marker in their environment; never
-   ``ray stop``, which would kill other Ray clusters on the machine) and removes the scratch folder.
+5. ``teardown`` stops every process it started (found by a marker in their environment, or as a descendant of
+   one, and followed to its end; never ``ray stop``, which would kill other Ray clusters on the machine) and
+   removes the scratch folder.
 
 Exit status 0 when the job succeeded, at least one worker node was added, every trial ran on a
 worker node, and the bucket holds the dataset, Tune's checkpoints and MLflow's artifacts.
@@ -135,39 +136,75 @@ def bucket_contents(storage: Storage) -> dict[str, int]:
     return found
 
 
-def own_pids(scratch: Path) -> list[int]:
-    """Processes carrying this rehearsal's marker in their environment (all descend from `ray start`)."""
+def _proc_stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, start time in clock ticks, state) of a live process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # comm may hold spaces
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[19]), fields[0]
+
+
+def own_processes(scratch: Path) -> dict[int, int]:
+    """This rehearsal's live processes, pid -> start time: those carrying its marker in their environment (all
+    descend from `ray start` or were started with it) and every descendant of one. A process that renames itself
+    (setproctitle: Ray's agents and dashboard modules) may overwrite what /proc shows as its environment, so it is
+    found through its parent instead."""
     needle = f"{MARKER_VAR}={scratch}".encode()
-    pids = []
+    stats: dict[int, tuple[int, int, str]] = {}
+    own: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
+        stat = _proc_stat(pid)
+        if stat is None or stat[2] == "Z":
+            continue
+        stats[pid] = stat
         try:
-            environ = (entry / "environ").read_bytes()
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                own.add(pid)
         except OSError:
             continue
-        if needle in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+    while True:  # descendants of what is ours are ours
+        more = {pid for pid, (ppid, _, _) in stats.items() if ppid in own and pid not in own}
+        if not more:
+            return {pid: stats[pid][1] for pid in own}
+        own |= more
+
+
+def _alive(processes: dict[int, int]) -> dict[int, int]:
+    """Those of ``processes`` (pid -> start time) still running: the same pid and start time, not a zombie."""
+    alive = {}
+    for pid, started in processes.items():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == started and stat[2] != "Z":
+            alive[pid] = started
+    return alive
 
 
 def teardown(scratch: Path, grace_s: float = 3.0) -> int:
-    """SIGTERM then SIGKILL this rehearsal's processes; returns how many were left running."""
-    pids = own_pids(scratch)
-    log(f"teardown: stopping {len(pids)} processes of this rehearsal")
-    for pid in pids:
+    """SIGTERM then SIGKILL this rehearsal's processes; returns how many were left running. Every process found once
+    is followed to its end: one whose parent (a raylet) died first is no longer anyone's descendant, and Ray's
+    agents, renamed, may no longer show the marker."""
+    known = own_processes(scratch)
+    log(f"teardown: stopping {len(known)} processes of this rehearsal")
+    for pid in known:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and own_pids(scratch):
+    while time.monotonic() < deadline:
+        known = _alive({**known, **own_processes(scratch)})
+        if not known:
+            break
         time.sleep(0.5)
-    for pid in own_pids(scratch):
+    for pid in _alive({**known, **own_processes(scratch)}):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     time.sleep(1.0)
-    left = len(own_pids(scratch))
-    log(f"teardown: {left} processes left")
-    return left
+    left = _alive({**known, **own_processes(scratch)})
+    log(f"teardown: {len(left)} processes left" + (f": {sorted(left)}" if left else ""))
+    return len(left)
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 120, check: bool = True) -> str:
