@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # cluster.procs when run as `python cluster/chaos.py`
+from cluster import procs  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -60,32 +61,12 @@ def spec_dict(root: Path, name: str, trials: int, max_t: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ nodes
-def _parent(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _descendants(root: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            pid = ancestor = int(entry.name)
-            while ancestor > 1 and ancestor != root:
-                ancestor = _parent(ancestor)
-            if ancestor == root and pid != root:
-                found.append(pid)
-    return found
-
-
 def kill_node(cluster: Any, node: Any) -> None:
     """SIGKILL a worker node this script started: its raylet and every process under it."""
     from ray._private import ray_constants
 
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    for pid in [raylet, *_descendants(raylet)]:
+    for pid in [raylet, *procs.descendants({raylet})]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     cluster.remove_node(node, allow_graceful=False)
@@ -110,11 +91,7 @@ def runs_a_trial(node: Any) -> bool:
     from ray._private import ray_constants
 
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    for pid in _descendants(raylet):
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                return True
-    return False
+    return any(procs.cmdline_starts(pid, b"ray::ImplicitFunc") for pid in procs.descendants({raylet}))
 
 class Killer(threading.Thread):
     """After warm-up (every trial has a checkpoint), at random times: SIGKILL a worker node holding a trial, then

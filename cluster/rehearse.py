@@ -45,6 +45,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # cluster.local_s3 when run as `python cluster/rehearse.py`
+from cluster import procs  # noqa: E402
+
 FAKE_CONFIG = REPO / "cluster" / "fake_multinode.yaml"
 SPEC = REPO / "tune_jobs" / "rehearsal.yaml"
 MARKER_VAR = "VIDGAN_REHEARSAL_DIR"
@@ -136,49 +138,30 @@ def bucket_contents(storage: Storage) -> dict[str, int]:
     return found
 
 
-def _proc_stat(pid: int) -> tuple[int, int, str] | None:
-    """(parent pid, start time in clock ticks, state) of a live process, None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # comm may hold spaces
-    except OSError:
-        return None
-    return int(fields[1]), int(fields[19]), fields[0]
-
-
 def own_processes(scratch: Path) -> dict[int, int]:
-    """This rehearsal's live processes, pid -> start time: those carrying its marker in their environment (all
+    """This rehearsal's running processes, pid -> start time: those carrying its marker in their environment (all
     descend from `ray start` or were started with it) and every descendant of one. A process that renames itself
     (setproctitle: Ray's agents and dashboard modules) may overwrite what /proc shows as its environment, so it is
     found through its parent instead."""
     needle = f"{MARKER_VAR}={scratch}".encode()
-    stats: dict[int, tuple[int, int, str]] = {}
-    own: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    table = procs.running()
+    marked = set()
+    for pid in table:
+        if pid == os.getpid():
             continue
-        pid = int(entry.name)
-        stat = _proc_stat(pid)
-        if stat is None or stat[2] == "Z":
-            continue
-        stats[pid] = stat
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                own.add(pid)
-        except OSError:
-            continue
-    while True:  # descendants of what is ours are ours
-        more = {pid for pid, (ppid, _, _) in stats.items() if ppid in own and pid not in own}
-        if not more:
-            return {pid: stats[pid][1] for pid in own}
-        own |= more
+        with contextlib.suppress(OSError):
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                marked.add(pid)
+    own = marked | procs.descendants(marked)
+    return {pid: table[pid].started for pid in own if pid in table}
 
 
 def _alive(processes: dict[int, int]) -> dict[int, int]:
     """Those of ``processes`` (pid -> start time) still running: the same pid and start time, not a zombie."""
     alive = {}
     for pid, started in processes.items():
-        stat = _proc_stat(pid)
-        if stat is not None and stat[1] == started and stat[2] != "Z":
+        s = procs.stat(pid)
+        if s is not None and s.started == started and s.state != "Z":
             alive[pid] = started
     return alive
 

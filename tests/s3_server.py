@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's cluster/ package
-from cluster import local_s3  # noqa: E402
+from cluster import local_s3
 
 _buckets = itertools.count()
 make_bucket = local_s3.make_bucket

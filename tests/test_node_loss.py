@@ -7,11 +7,9 @@ every evaluation step once. The long rehearsal (>= 3 kills and a drain, `make ch
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -21,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow_server import Server
 
+from cluster.chaos import kill_node, runs_a_trial
 from tune_jobs import tracking
 from tune_jobs.spec import parse_spec
 from tune_jobs.sweep import run_sweep
@@ -120,52 +119,6 @@ def _fvd_steps(uri: str) -> int:
         return 0
 
 
-def _parent(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state; comm may hold spaces
-
-
-def _descendants(root: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            pid = ancestor = int(entry.name)
-            while ancestor > 1 and ancestor != root:
-                ancestor = _parent(ancestor)
-            if ancestor == root and pid != root:
-                found.append(pid)
-    return found
-
-
-def kill_node(cluster, node) -> None:
-    """SIGKILL a worker node this module started: its raylet and every process under it (its workers), as a
-    machine that vanishes; then forget it."""
-    from ray._private import ray_constants
-
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    for pid in [raylet, *_descendants(raylet)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    cluster.remove_node(node, allow_graceful=False)
-
-
-def _trial_node(workers: list):
-    """The worker node running a trial: the one whose raylet has a trial worker (ray::ImplicitFunc) under it."""
-    from ray._private import ray_constants
-
-    for node in workers:
-        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-        for pid in _descendants(raylet):
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                    return node
-            except OSError:
-                continue
-    return None
-
 def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, server: Server, cluster,
                                                                  caplog) -> None:
     c, workers = cluster
@@ -179,7 +132,7 @@ def test_killed_node_resumes_the_trial_where_it_left_and_says_so(data: Path, ser
         node = None
         while node is None and time.monotonic() < deadline and not sweep_over.is_set():
             time.sleep(0.5)
-            node = _trial_node(workers) if _fvd_steps(server.uri) >= 1 else None
+            node = next(filter(runs_a_trial, workers), None) if _fvd_steps(server.uri) >= 1 else None
         if node is None:
             return  # the trial ended first, or a hang: no kill, and the assertions below say so
         kill_node(c, node)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from cluster import procs
 from tune_jobs import tracking
 from tune_jobs.spec import parse_spec
 from tune_jobs.sweep import SWEEP_STATE_FILE as STATE_FILE
@@ -265,31 +266,10 @@ def _wait_for_log(root: Path, name: str, text: str, proc: subprocess.Popen, time
     raise AssertionError(f"the log of {name} did not say {text!r} in {timeout} s: " + log.read_text()[-3000:])
 
 
-def _parent(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state; comm may hold spaces
-
-
 def _trial_pids(root: int) -> list[int]:
     """Trial worker processes descending from ``root``: this module's Ray cluster was started by this test
     process, whose raylet starts the workers, so Ray clusters of other processes on the machine do not count."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::ImplicitFunc"):
-                pid = ancestor = int(entry.name)
-                while ancestor > 1 and ancestor != root:
-                    ancestor = _parent(ancestor)
-                if ancestor == root:
-                    pids.append(pid)
-    return pids
+    return [pid for pid in procs.descendants({root}) if procs.cmdline_starts(pid, b"ray::ImplicitFunc")]
 
 
 def test_killed_trial_resumes_from_checkpoint_into_the_same_mlflow_run(workdir: Path) -> None:
